@@ -1,0 +1,1 @@
+"""Student models: one small interface, a registry, and the shared training machinery."""

@@ -1,0 +1,120 @@
+"""BiLSTM student after Tang et al. (2019), "Distilling Task-Specific Knowledge from BERT into
+Simple Neural Networks": embedding → bidirectional LSTM → pooling → MLP head.
+
+The embedding starts from the teacher's WordPiece matrix by default (``embedding_init``), so
+the student begins from the teacher's lexical knowledge at no extra cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from students.neural import NeuralStudent, StudentModule
+from students.objectives import StudentOutput, suggest_objective
+from students.registry import register
+
+
+def masked_pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool [B, T, D] over the non-padding positions: 'max', 'mean' or 'last' (final real token)."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    if how == "mean":
+        return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if how == "max":
+        return states.masked_fill(m == 0, torch.finfo(states.dtype).min).max(1).values
+    if how == "last":
+        last = (mask.sum(1) - 1).clamp(min=0)
+        return states[torch.arange(states.size(0), device=states.device), last]
+    raise ValueError(f"unknown pooling {how!r} (expected max, mean or last)")
+
+
+class BiLSTMModule(StudentModule):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int,
+        embedding_dim: int,
+        pad_id: int,
+        hidden_size: int,
+        num_layers: int,
+        pooling: str,
+        mlp_dim: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.lstm = nn.LSTM(
+            embedding_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.sentence_dim = 2 * hidden_size
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden_size, mlp_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_dim, num_labels),
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
+        lengths = attention_mask.sum(1).clamp(min=1).cpu()
+        x = self.dropout(self.embedding(input_ids))
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
+        sentence = masked_pool(states, attention_mask, self.pooling)
+        return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
+
+
+@register("bilstm")
+class BiLSTMStudent(NeuralStudent):
+    """Tang et al. (2019) BiLSTM; hyper-parameters: hidden_size, num_layers, pooling, mlp_dim, dropout."""
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {
+            **super().default_hparams(),
+            "hidden_size": 256,
+            "num_layers": 1,
+            "pooling": "max",
+            "mlp_dim": 256,
+            "dropout": 0.2,
+            "lr": 2e-3,
+            "mse_weight": 0.5,
+        }
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {
+            "hidden_size": trial.suggest_categorical("hidden_size", [128, 256, 384]),
+            "num_layers": trial.suggest_int("num_layers", 1, 2),
+            "pooling": trial.suggest_categorical("pooling", ["max", "mean", "last"]),
+            "mlp_dim": trial.suggest_categorical("mlp_dim", [128, 256, 512]),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+            "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+            **suggest_objective(trial),
+        }
+
+    def build_module(
+        self, vocab_size: int, num_labels: int, embedding_dim: int, pad_id: int, cache: Any
+    ) -> BiLSTMModule:
+        h = self.hparams
+        return BiLSTMModule(
+            vocab_size,
+            num_labels,
+            embedding_dim,
+            pad_id,
+            int(h["hidden_size"]),
+            int(h["num_layers"]),
+            str(h["pooling"]),
+            int(h["mlp_dim"]),
+            float(h["dropout"]),
+        )

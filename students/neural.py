@@ -1,0 +1,179 @@
+"""What every neural student shares: tokenisation, embedding initialisation, fit, predict, save/load.
+
+A concrete neural student (BiLSTM, CNN, small BERT) only builds its ``nn.Module`` and declares
+its search space. It reads text through the labeler's own tokenizer (stored in the cache), so a
+student initialised from the teacher's WordPiece embeddings sees exactly the teacher's ids.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from students.base import DevSet, ParamCount, Reporter, Student
+from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
+from students.training import History, LoopConfig, TrainingData, default_device, train_loop
+from transfer.batching import length_sorted_batches, pad_batch
+
+if TYPE_CHECKING:
+    from transfer.cache import TransferCache
+
+
+class StudentModule(nn.Module):
+    """Base of the students' torch modules: forward(ids, mask) → StudentOutput."""
+
+    sentence_dim: int
+
+    @abstractmethod
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput: ...
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters of lookup tables (token/position embeddings), excluded from non-embedding counts."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+
+
+class NeuralStudent(Student):
+    """A student that is a torch module trained by the shared loop on the shared objective."""
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        self.module: StudentModule | None = None
+        self.tokenizer: Any = None
+        self.arch: dict[str, Any] = {}
+        self.history: History | None = None
+        self.device = default_device()
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {
+            "epochs": 3,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.05,
+            "grad_clip": 1.0,
+            "patience": 2,
+            "max_length": 64,
+            "seed": 0,
+            "embedding_init": "teacher",  # "teacher" (the labeler's WordPiece matrix) | "random"
+            "embedding_dim": 300,  # used with random init; teacher init takes the teacher's width
+            **vars(ObjectiveConfig()),
+        }
+
+    @abstractmethod
+    def build_module(
+        self, vocab_size: int, num_labels: int, embedding_dim: int, pad_id: int, cache: TransferCache | None
+    ) -> StudentModule:
+        """Create the untrained module; ``cache`` is None when loading saved weights."""
+
+    # -- data -------------------------------------------------------------------------------
+    def _load_tokenizer(self, directory: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        enc = self.tokenizer(
+            list(texts), truncation=True, max_length=int(self.hparams["max_length"]), add_special_tokens=True
+        )
+        return [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def _init_embedding(self, cache: TransferCache) -> tuple[int, np.ndarray | None]:
+        """(embedding dim, initial matrix or None) according to ``embedding_init``."""
+        if self.hparams["embedding_init"] == "teacher":
+            matrix = cache.embedding_matrix()
+            if matrix is not None:
+                return int(matrix.shape[1]), matrix
+        return int(self.hparams["embedding_dim"]), None
+
+    # -- Student interface -------------------------------------------------------------------
+    def fit(self, cache: TransferCache, dev: DevSet | None = None, report: Reporter | None = None) -> NeuralStudent:
+        self._load_tokenizer(cache.tokenizer_dir)
+        dim, matrix = self._init_embedding(cache)
+        self.arch = {"vocab_size": len(self.tokenizer), "num_labels": cache.num_labels, "embedding_dim": dim}
+        torch.manual_seed(int(self.hparams["seed"]))
+        self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=cache)
+        if matrix is not None:
+            emb = self.module.embedding_parameters()[0]
+            rows = min(emb.shape[0], matrix.shape[0])
+            with torch.no_grad():
+                emb[:rows] = torch.from_numpy(np.asarray(matrix[:rows], dtype=np.float32))
+        acts = cache.activations
+        objective = DistillationObjective(
+            ObjectiveConfig.from_hparams(self.hparams),
+            student_dim=self.module.sentence_dim,
+            teacher_dim=None if acts is None else int(acts.shape[-1]),
+        )
+        data = TrainingData(self.encode(cache.texts), np.asarray(cache.logits), cache.labels, acts)
+        evaluate = None
+        if dev is not None:
+            dev_ids = self.encode(dev.split.texts)
+
+            def evaluate() -> float:
+                return dev.evaluate(self._logits_from_ids(dev_ids))
+
+        self.history = train_loop(
+            self.module,
+            objective,
+            data,
+            LoopConfig.from_hparams(self.hparams),
+            pad_id=self.pad_id,
+            device=self.device,
+            evaluate=evaluate,
+            report=report,
+        )
+        return self
+
+    @torch.no_grad()
+    def _logits_from_ids(self, ids: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        assert self.module is not None, "fit or load the student first"
+        self.module.eval()
+        out = np.zeros((len(ids), self.arch["num_labels"]), dtype=np.float32)
+        for idx in length_sorted_batches(np.array([len(x) for x in ids]), batch_size):
+            input_ids, mask = pad_batch([ids[i] for i in idx], self.pad_id, self.device)
+            out[idx] = self.module(input_ids, mask).logits.float().cpu().numpy()
+        return out
+
+    def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self._logits_from_ids(self.encode(texts))
+
+    @torch.no_grad()
+    def sentence_representations(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """The vector each text gets right before the classifier head (used by probing)."""
+        assert self.module is not None
+        ids = self.encode(texts)
+        rows = []
+        for start in range(0, len(ids), batch_size):
+            input_ids, mask = pad_batch(ids[start : start + batch_size], self.pad_id, self.device)
+            rows.append(self.module(input_ids, mask).sentence.float().cpu().numpy())
+        return np.concatenate(rows)
+
+    def n_params(self) -> ParamCount:
+        assert self.module is not None
+        total = sum(p.numel() for p in self.module.parameters())
+        embedding = sum(p.numel() for p in self.module.embedding_parameters())
+        return ParamCount(total=total, non_embedding=total - embedding)
+
+    def _save_state(self, path: Path) -> None:
+        assert self.module is not None
+        torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, path / "model.pt")
+        (path / "arch.json").write_text(json.dumps(self.arch))
+        self.tokenizer.save_pretrained(str(path / "tokenizer"))
+
+    def _load_state(self, path: Path) -> None:
+        self._load_tokenizer(path / "tokenizer")
+        self.arch = json.loads((path / "arch.json").read_text())
+        self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=None)
+        self.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        self.module.to(self.device).eval()

@@ -1,0 +1,157 @@
+"""The one training loop every neural student uses.
+
+AdamW with linear warm-up and decay, gradient clipping, length-bucketed batches (little
+padding), per-epoch dev evaluation with early stopping on the task metric, and a pruning
+report after every epoch. A non-finite loss stops the run with ``NonFiniteLoss`` so a study
+can record the reason and move on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from students.objectives import DistillationObjective, StudentOutput
+from transfer.batching import bucketed_batches, pad_batch
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite (diverged hyper-parameters)."""
+
+
+def default_device() -> torch.device:
+    """A GPU when one is present, otherwise the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    patience: int = 2  # epochs without dev improvement before stopping
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> LoopConfig:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in hparams.items() if k in names})
+
+
+@dataclass
+class TrainingData:
+    """Token ids (ragged) plus the per-example targets the objective may use."""
+
+    ids: list[np.ndarray]
+    teacher_logits: np.ndarray  # [N, C]
+    labels: np.ndarray  # [N], -1 = none
+    teacher_activations: np.ndarray | None = None  # [N, L, H]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    seconds: float = 0.0
+
+
+def train_loop(
+    model: nn.Module,
+    objective: DistillationObjective,
+    data: TrainingData,
+    config: LoopConfig,
+    pad_id: int,
+    device: torch.device,
+    evaluate: Callable[[], float] | None = None,
+    report: Callable[[int, float], None] | None = None,
+) -> History:
+    """Train ``model`` in place; returns its history and leaves the best-on-dev weights loaded."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model.to(device)
+    objective.to(device)
+    params = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    lengths = np.array([len(x) for x in data.ids])
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = max(1, steps_per_epoch * config.epochs)
+    warmup = int(config.warmup_ratio * total)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    logits_t = torch.from_numpy(np.array(data.teacher_logits, dtype=np.float32))
+    labels_t = torch.from_numpy(np.array(data.labels, dtype=np.int64))
+    need_acts = objective.needs_activations and data.teacher_activations is not None
+    history = History()
+    best_state: dict | None = None
+    stale = 0
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        objective.train()
+        running, seen = 0.0, 0
+        batches = bucketed_batches(lengths, config.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
+        for idx in bar:
+            input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
+            batch = {"teacher_logits": logits_t[idx].to(device), "labels": labels_t[idx].to(device)}
+            if need_acts:
+                acts = np.asarray(data.teacher_activations[np.sort(idx)], dtype=np.float32)  # type: ignore[index]
+                # memmaps want sorted indices; restore the batch order afterwards
+                inverse = np.argsort(np.argsort(idx))
+                batch["teacher_activations"] = torch.from_numpy(acts[inverse]).to(device)
+            out: StudentOutput = model(input_ids, mask)
+            loss, _terms = objective(out, batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch + 1}, step {seen // config.batch_size}")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimiser.step()
+            scheduler.step()
+            running += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        record = {"epoch": epoch + 1, "train_loss": running / max(1, seen)}
+        if evaluate is not None:
+            model.eval()
+            score = evaluate()
+            record["dev_score"] = score
+            if score > history.best_score:
+                history.best_score, history.best_epoch, stale = score, epoch + 1, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            else:
+                stale += 1
+            history.epochs.append(record)
+            if report is not None:
+                report(epoch + 1, score)
+            if stale >= config.patience:
+                break
+        else:
+            history.epochs.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    return history

@@ -1,0 +1,1 @@
+"""Studies: Optuna searches over students, tracked in MLflow, and the comparisons built on them."""

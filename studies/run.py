@@ -1,0 +1,249 @@
+"""Main entry point: ``python -m studies.run student=bilstm [key=value ...]``.
+
+Prepares task, teacher and transfer cache (each cached), then creates or resumes an Optuna
+study of one student type, logging one MLflow parent run for this invocation and one nested
+child run per trial. Ends by printing the best trial and the commands to look at it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from transfer.errors import KDError
+
+log = logging.getLogger("studies.run")
+
+
+@dataclass
+class StudyResult:
+    study_name: str
+    storage: str
+    tracking_uri: str
+    parent_run_id: str
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_id: str | None
+    teacher_metrics: dict[str, float]
+    n_finished: int
+    metric: str
+
+
+def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str) -> str:
+    return f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
+
+
+def log_teacher_run(prep: Any, experiment: str) -> str:
+    """One MLflow run per teacher (per experiment) with the same metric names as the students."""
+    import mlflow
+
+    from studies.tracking import find_run, flat_params
+
+    fingerprint = prep.teacher.fingerprint
+    existing = find_run(experiment, role="teacher", teacher_fingerprint=fingerprint)
+    if existing:
+        return existing
+    tags = {"role": "teacher", "teacher_fingerprint": fingerprint, "cache_key": prep.cache.key}
+    with mlflow.start_run(run_name=f"teacher-{prep.teacher_label}", tags=tags, nested=False) as run:
+        mlflow.log_params(flat_params({"teacher": dict(prep.teacher.record.get("finetune", {}))}))
+        mlflow.log_params({"teacher.name": str(prep.cfg.teacher.name), "teacher.base": prep.teacher.record.get("base")})
+        mlflow.log_metrics({**prep.teacher_metrics, "share_of_teacher": 1.0, "latency_ratio_teacher": 1.0})
+        mlflow.log_dict(prep.teacher.record, "teacher_record.json")
+        return run.info.run_id
+
+
+def run_study(cfg: DictConfig) -> StudyResult:
+    import mlflow
+    import optuna
+
+    from students.registry import get_student_class
+    from studies import search
+    from studies.pipeline import prepare
+    from studies.tracking import default_storage, flat_params, git_commit, setup_mlflow
+
+    get_student_class(str(cfg.student.name))  # fail fast on an unknown student, before any heavy work
+    experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
+    tracking_uri = setup_mlflow(cfg.tracking.uri, experiment)
+    prep = prepare(cfg)
+    name = cfg.study.name or default_study_name(cfg, prep.teacher_label, prep.cache.key)
+    storage_url = cfg.study.storage or default_storage()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = search.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    study = search.open_study(name, storage, cfg, prep.cache.key)
+    teacher_run = log_teacher_run(prep, experiment)
+
+    fixed = dict(OmegaConf.to_container(cfg.student.get("hparams") or {}, resolve=True))  # type: ignore[arg-type]
+    extra = {k: v for k, v in cfg.student.items() if k not in ("name", "hparams")}
+    fixed |= OmegaConf.to_container(OmegaConf.create(extra), resolve=True)  # type: ignore[operator]
+    tags = {
+        "study_name": name,
+        "cache_key": prep.cache.key,
+        "teacher_fingerprint": prep.teacher.fingerprint,
+        "teacher_run_id": teacher_run,
+        "git_commit": git_commit(),
+        "task": str(cfg.task.name),
+    }
+    remaining = int(cfg.study.n_trials) - search.finished_trials(study)
+    with mlflow.start_run(
+        run_name=f"study-{name}", tags={**tags, "role": "study", "student": cfg.student.name}
+    ) as parent:
+        mlflow.log_params(flat_params(OmegaConf.to_container(cfg, resolve=True)))  # type: ignore[arg-type]
+        mlflow.log_params({"study.storage_url": storage_url})
+        mlflow.log_metrics({f"teacher_{k}": v for k, v in prep.teacher_metrics.items()})
+        if remaining > 0:
+            callback = optuna.study.MaxTrialsCallback(int(cfg.study.n_trials), states=search.FINISHED)
+            study.optimize(
+                search.make_objective(prep, str(cfg.student.name), fixed, tags),
+                n_trials=remaining,
+                timeout=cfg.study.timeout,
+                callbacks=[callback, _print_trial(prep.metric)],
+                catch=(),
+            )
+        else:
+            print(
+                f"study {name!r} already has {cfg.study.n_trials} finished trials; raise study.n_trials to search more"
+            )
+        result = _summarise(study, name, storage_url, tracking_uri, parent.info.run_id, prep)
+        if result.best_run_id:
+            mlflow.set_tags({"best_run_id": result.best_run_id, "best_trial": str(result.best_trial)})
+            mlflow.log_metric(f"best_{prep.metric}", result.best_value or 0.0)
+            _copy_best_model(result.best_run_id)
+    return result
+
+
+def _copy_best_model(run_id: str) -> None:
+    """Log the best trial's saved student under the parent run too, so the study run holds its winner."""
+    import mlflow
+
+    run = mlflow.get_run(run_id)
+    if run.data.tags.get("has_model") != "true":
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="student", dst_path=tmp)
+        mlflow.log_artifacts(local, "best_student")
+
+
+def _print_trial(metric: str) -> Any:
+    def callback(study: Any, trial: Any) -> None:
+        value = f"{metric}={trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        reason = trial.user_attrs.get("fail_reason", "")
+        print(f"trial {trial.number}: {value} {reason}".rstrip(), flush=True)
+
+    return callback
+
+
+def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, prep: Any) -> StudyResult:
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    return StudyResult(
+        study_name=name,
+        storage=storage,
+        tracking_uri=uri,
+        parent_run_id=parent_id,
+        best_trial=best.number if best else None,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
+        teacher_metrics=prep.teacher_metrics,
+        n_finished=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))),
+        metric=prep.metric,
+    )
+
+
+def describe(result: StudyResult) -> str:
+    """The closing message: best trial against the teacher, and how to look at everything."""
+    metric = result.metric
+    lines = [f"study {result.study_name!r}: {result.n_finished} finished trials"]
+    teacher = result.teacher_metrics
+    if result.best_trial is None:
+        lines.append("no trial completed (all pruned or failed); see the MLflow runs for reasons")
+    else:
+        import mlflow
+
+        m = mlflow.get_run(result.best_run_id).data.metrics if result.best_run_id else {}
+        share = 100 * (result.best_value or 0) / teacher[metric] if teacher[metric] else float("nan")
+        lines.append(
+            f"best trial #{result.best_trial}: {metric}={result.best_value:.4f} "
+            f"({share:.1f}% of the teacher's {teacher[metric]:.4f}); "
+            f"agreement {m.get('dev_agreement', float('nan')):.3f}; "
+            f"batch-1 latency {m.get('latency_ms_b1', float('nan')):.2f} ms vs teacher "
+            f"{teacher['latency_ms_b1']:.2f} ms ({m.get('latency_ratio_teacher', float('nan')):.1f}x faster); "
+            f"params {int(m.get('params_total', 0)):,} ({int(m.get('params_non_embedding', 0)):,} non-embedding)"
+        )
+        lines.append(f"best hyper-parameters: {result.best_params}")
+    lines += [
+        "",
+        "look at it:",
+        f"  mlflow ui --backend-store-uri {result.tracking_uri}    # then open http://127.0.0.1:5000",
+        f"  optuna-dashboard {result.storage}    # then open http://127.0.0.1:8080",
+    ]
+    return "\n".join(lines)
+
+
+def usage() -> str:
+    from students.registry import available_students
+    from studies.config import group_options
+
+    return (
+        "usage: python -m studies.run [key=value ...]\n\n"
+        "examples:\n"
+        "  python -m studies.run student=bilstm\n"
+        "  python -m studies.run task=trec student=cnn study.n_trials=20 data.limit=2000\n"
+        "  python -m studies.run teacher.name=bert-base-uncased student.hparams.epochs=5\n\n"
+        f"students: {', '.join(available_students())}   (python -m studies.list shows their search spaces)\n"
+        f"tasks:    {', '.join(group_options('task'))}\n"
+        f"teachers: {', '.join(group_options('teacher'))}  (or teacher.name=<HF id or local path>)\n\n"
+        "defaults (studies/conf/config.yaml):\n" + (Path(__file__).parent / "conf" / "config.yaml").read_text()
+    )
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress bars and messages, not library chatter."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from studies.config import compose
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(usage())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    for noisy in ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = compose(args)
+        result = run_study(cfg)
+    except KDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are stored; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(describe(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

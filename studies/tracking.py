@@ -1,0 +1,71 @@
+"""MLflow plumbing: where runs go, the tags every run carries, and the teacher's reference run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path("mlruns")
+
+
+def default_tracking_uri() -> str:
+    DEFAULT_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def default_storage() -> str:
+    DEFAULT_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{(DEFAULT_DIR / 'optuna.db').resolve()}"
+
+
+def setup_mlflow(uri: str | None, experiment: str) -> str:
+    """Point MLflow at ``uri`` (default: SQLite under mlruns/, artifacts beside it) and pick the experiment."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    uri = uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = (DEFAULT_DIR / "artifacts").resolve().as_uri() if uri.startswith("sqlite") else None
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested config into MLflow params (values truncated to MLflow's limit)."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flat_params(value, f"{name}.")
+        else:
+            out[name] = str(value)[:500]
+    return out
+
+
+def find_run(experiment: str, **tags: str) -> str | None:
+    """The id of a run in ``experiment`` carrying all ``tags``, if any."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=query, max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,1 @@
+"""Teachers: load any encoder, fine-tune it once per (model, data, hyper-parameters), label texts."""

@@ -1,0 +1,1 @@
+"""Tasks, transfer sets and the content-addressed teacher cache."""

@@ -1,0 +1,334 @@
+"""The content-addressed transfer cache: teacher logits and pooled activations, computed once.
+
+Layout of one cache (a directory named by its key)::
+
+    manifest.json            key, labeler fingerprint, data fingerprint, shapes, dtypes, sha256s
+    train_texts.json         the transfer set (training texts, then augmented/extra texts)
+    train_labels.npy         int64 gold labels, -1 where a text has none (augmented / extra)
+    train_logits.npy         float16 [N, C] teacher logits
+    train_activations.npy    float16 [N, L, H] per-layer pooled hidden states (may be absent)
+    dev_*                    the same for the dev split (agreement, probing, early stopping)
+    assets/                  what students need from the labeler (tokenizer/, embeddings.npy)
+
+Writes happen in ``<key>.partial/`` and become visible by one atomic ``rename``; a crash
+never leaves a directory that looks complete. Labelling goes in length-sorted chunks that are
+kept in the partial directory, so a killed build resumes where it stopped. A file lock makes
+concurrent workers wait for the one that labels. Every array's sha256 is checked when a cache
+is opened, so flipped or truncated bytes are detected and the cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from transfer.errors import KDError
+from transfer.fingerprint import hash_file, hash_json, hash_texts
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHUNK_SIZE = 4096  # examples per resumable chunk
+
+
+class Labeler(Protocol):
+    """Anything that can label texts like a teacher: a fine-tuned teacher, or a trained student."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def text_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Cost of each text (e.g. token count), used to sort batches so they carry little padding."""
+        ...
+
+    def label_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits [B, C] and pooled activations [B, L, H] (or None) for one batch."""
+        ...
+
+    def write_assets(self, directory: Path) -> None:
+        """Store what students need from the labeler (tokenizer, embedding matrix) under ``directory``."""
+        ...
+
+
+@dataclass
+class LabellingStats:
+    """Process-wide counters, so tests and benchmarks can prove the teacher ran exactly once."""
+
+    passes: int = 0  # cache builds that called the labeler
+    examples: int = 0  # texts sent through the labeler
+    batches: int = 0
+    builds: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.passes = self.examples = self.batches = 0
+        self.builds.clear()
+
+
+STATS = LabellingStats()
+
+
+class CacheCorrupted(KDError):
+    """A cache directory whose files do not match its manifest's checksums."""
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """The texts a labeler must label: the training split plus any augmented/extra texts."""
+
+    texts: list[str]
+    labels: np.ndarray  # -1 = no gold label
+    dev_texts: list[str]
+    dev_labels: np.ndarray
+    label_names: list[str]
+    task: str
+    description: dict[str, Any] = field(default_factory=dict)  # augmentation settings, extra file hash
+
+    def fingerprint(self) -> str:
+        return hash_json(
+            {
+                "train": hash_texts(self.texts, self.labels.tolist()),
+                "dev": hash_texts(self.dev_texts, self.dev_labels.tolist()),
+                "labels": self.label_names,
+                "task": self.task,
+                "description": self.description,
+            }
+        )
+
+
+def cache_key(labeler_fingerprint: str, transfer: TransferSet) -> str:
+    return hash_json({"format": FORMAT_VERSION, "labeler": labeler_fingerprint, "data": transfer.fingerprint()})
+
+
+class TransferCache:
+    """Read side of a complete cache. Arrays are memory-mapped; nothing is loaded until touched."""
+
+    ARRAYS = ("labels", "logits", "activations")
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise KDError(f"{self.path} is not a complete transfer cache (no manifest.json)")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        if verify:
+            self.verify()
+        self.texts: list[str] = json.loads((self.path / "train_texts.json").read_text())
+        self.dev_texts: list[str] = json.loads((self.path / "dev_texts.json").read_text())
+
+    # -- contents ---------------------------------------------------------------------------
+    def _array(self, name: str) -> np.ndarray | None:
+        file = self.path / f"{name}.npy"
+        return np.load(file, mmap_mode="r") if file.exists() else None
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def labeler_fingerprint(self) -> str:
+        return self.manifest["labeler"]
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.manifest["label_names"]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._array("train_labels"))
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self._array("train_logits")  # type: ignore[return-value]
+
+    @property
+    def activations(self) -> np.ndarray | None:
+        return self._array("train_activations")
+
+    @property
+    def dev_labels(self) -> np.ndarray:
+        return np.asarray(self._array("dev_labels"))
+
+    @property
+    def dev_logits(self) -> np.ndarray:
+        return self._array("dev_logits")  # type: ignore[return-value]
+
+    @property
+    def dev_activations(self) -> np.ndarray | None:
+        return self._array("dev_activations")
+
+    @property
+    def assets(self) -> Path:
+        return self.path / "assets"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.assets / "tokenizer"
+
+    def embedding_matrix(self) -> np.ndarray | None:
+        """The labeler's word-embedding table (e.g. the teacher's WordPiece matrix), if it has one."""
+        file = self.assets / "embeddings.npy"
+        return np.load(file) if file.exists() else None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    # -- integrity --------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Recompute every file's sha256 and compare with the manifest (raises CacheCorrupted)."""
+        for name, expected in self.manifest["checksums"].items():
+            file = self.path / name
+            if not file.is_file():
+                raise CacheCorrupted(f"transfer cache {self.path}: {name} is missing")
+            actual = hash_file(file)
+            if actual != expected:
+                raise CacheCorrupted(f"transfer cache {self.path}: checksum mismatch in {name}")
+
+    def __repr__(self) -> str:
+        return f"TransferCache({self.path}, n={len(self)}, labeler={self.labeler_fingerprint})"
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+def _label_split(
+    labeler: Labeler, texts: Sequence[str], work: Path, prefix: str, batch_size: int, sort_by_length: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label ``texts`` in length-sorted batches, one resumable chunk file at a time."""
+    n = len(texts)
+    order = np.argsort(labeler.text_lengths(texts), kind="stable") if sort_by_length else np.arange(n)
+    chunks = [order[i : i + CHUNK_SIZE] for i in range(0, n, CHUNK_SIZE)]
+    logits: np.ndarray | None = None
+    acts: np.ndarray | None = None
+    bar = tqdm(total=n, desc=f"labelling {prefix}", unit="text", leave=False)
+    for c, idx in enumerate(chunks):
+        chunk_file = work / f"{prefix}_chunk{c:05d}.npz"
+        if chunk_file.exists():
+            data = np.load(chunk_file)
+            c_logits = data["logits"]
+            c_acts = data["activations"] if "activations" in data.files else None
+            bar.update(len(idx))
+        else:
+            parts_l, parts_a = [], []
+            for b in range(0, len(idx), batch_size):
+                batch = [texts[i] for i in idx[b : b + batch_size]]
+                lg, ac = labeler.label_batch(batch)
+                STATS.batches += 1
+                STATS.examples += len(batch)
+                parts_l.append(np.asarray(lg, dtype=np.float32))
+                if ac is not None:
+                    parts_a.append(np.asarray(ac, dtype=np.float32))
+                bar.update(len(batch))
+            c_logits = np.concatenate(parts_l).astype(np.float16)
+            c_acts = np.concatenate(parts_a).astype(np.float16) if parts_a else None
+            tmp = chunk_file.with_suffix(".tmp.npz")
+            arrays = {"logits": c_logits} | ({"activations": c_acts} if c_acts is not None else {})
+            np.savez(tmp, **arrays)
+            os.replace(tmp, chunk_file)
+        if logits is None:
+            logits = np.zeros((n, c_logits.shape[1]), dtype=np.float16)
+            if c_acts is not None:
+                acts = np.zeros((n, *c_acts.shape[1:]), dtype=np.float16)
+        logits[idx] = c_logits
+        if acts is not None and c_acts is not None:
+            acts[idx] = c_acts
+    bar.close()
+    assert logits is not None, "cannot label an empty split"
+    return logits, acts
+
+
+def _write_cache(
+    labeler: Labeler, transfer: TransferSet, key: str, work: Path, batch_size: int, sort_by_length: bool
+) -> None:
+    STATS.passes += 1
+    STATS.builds.append(key)
+    files: dict[str, np.ndarray] = {}
+    for prefix, texts, labels in (
+        ("train", transfer.texts, transfer.labels),
+        ("dev", transfer.dev_texts, transfer.dev_labels),
+    ):
+        logits, acts = _label_split(labeler, texts, work, prefix, batch_size, sort_by_length)
+        files[f"{prefix}_labels"] = np.asarray(labels, dtype=np.int64)
+        files[f"{prefix}_logits"] = logits
+        if acts is not None:
+            files[f"{prefix}_activations"] = acts
+        (work / f"{prefix}_texts.json").write_text(json.dumps(list(texts)))
+    for name, array in files.items():
+        np.save(work / f"{name}.npy", array)
+    labeler.write_assets(work / "assets")
+    checksums = {f"{name}.npy": hash_file(work / f"{name}.npy") for name in files}
+    checksums |= {f"{p}_texts.json": hash_file(work / f"{p}_texts.json") for p in ("train", "dev")}
+    manifest = {
+        "key": key,
+        "format": FORMAT_VERSION,
+        "labeler": labeler.fingerprint,
+        "data_fingerprint": transfer.fingerprint(),
+        "task": transfer.task,
+        "label_names": transfer.label_names,
+        "transfer": transfer.description,
+        "pooling": "mean over non-padding tokens of each hidden state (embeddings output = layer 0)",
+        "shapes": {name: list(a.shape) for name, a in files.items()},
+        "dtypes": {name: str(a.dtype) for name, a in files.items()},
+        "checksums": checksums,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sorted_batches": sort_by_length,
+    }
+    for chunk in work.glob("*_chunk*.npz"):
+        chunk.unlink()
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def get_or_build_cache(
+    labeler: Labeler,
+    transfer: TransferSet,
+    root: str | Path,
+    batch_size: int = 128,
+    sort_by_length: bool = True,
+    lock_timeout: float = -1,
+) -> TransferCache:
+    """Return the cache for (labeler, transfer set), labelling only if no complete one exists.
+
+    Safe to call from many processes at once (one labels, the others wait on the lock), and
+    after a crash (the partial chunks are reused; a corrupted cache is moved aside and rebuilt).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(labeler.fingerprint, transfer)
+    final = root / key
+    if (final / "manifest.json").is_file():
+        try:
+            return TransferCache(final)
+        except CacheCorrupted as err:
+            log.warning("%s; rebuilding", err)
+    with FileLock(str(root / f"{key}.lock"), timeout=lock_timeout):
+        if (final / "manifest.json").is_file():
+            try:
+                return TransferCache(final)
+            except CacheCorrupted as err:
+                aside = root / f"{key}.corrupt-{int(time.time())}"
+                log.warning("%s; moved to %s and rebuilding", err, aside.name)
+                os.replace(final, aside)
+        elif final.exists():  # a directory without manifest can only be debris: never trust it
+            shutil.rmtree(final)
+        work = root / f"{key}.partial"
+        work.mkdir(exist_ok=True)
+        resumed = len(list(work.glob("*_chunk*.npz")))
+        if resumed:
+            log.info("resuming cache %s from %d labelled chunks", key, resumed)
+        _write_cache(labeler, transfer, key, work, batch_size, sort_by_length)
+        os.replace(work, final)
+    return TransferCache(final)
