@@ -64,11 +64,14 @@ class BiLSTMModule(StudentModule):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
-        lengths = attention_mask.sum(1).clamp(min=1).cpu()
         x = self.dropout(self.embedding(input_ids))
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        states, _ = self.lstm(packed)
-        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
+        if bool(attention_mask.all()):  # no padding (e.g. batch size 1): packing would only cost time
+            states, _ = self.lstm(x)
+        else:
+            lengths = attention_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            states, _ = self.lstm(packed)
+            states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
         sentence = masked_pool(states, attention_mask, self.pooling)
         return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
 
