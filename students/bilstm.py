@@ -44,7 +44,7 @@ class BiLSTMModule(StudentModule):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id, sparse=True)
         self.lstm = nn.LSTM(
             embedding_dim,
             hidden_size,

@@ -19,7 +19,7 @@ from torch import nn
 
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
-from students.training import History, LoopConfig, TrainingData, default_device, train_loop
+from students.training import CombinedObjective, History, LoopConfig, TrainingData, default_device, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
 
 if TYPE_CHECKING:
@@ -73,6 +73,15 @@ class NeuralStudent(Student):
     ) -> StudentModule:
         """Create the untrained module; ``cache`` is None when loading saved weights."""
 
+    def extra_objective(self, cache: TransferCache) -> nn.Module | None:
+        """Hook: a loss module added to the shared objective (called after ``self.module`` is built).
+
+        It is called like the objective, ``extra(output, batch) -> (loss, {term: value})``; a
+        ``needs_activations`` attribute that is True puts ``teacher_activations`` in every batch.
+        Its parameters (e.g. projections) train with the student's and are dropped afterwards.
+        """
+        return None
+
     # -- data -------------------------------------------------------------------------------
     def _load_tokenizer(self, directory: Path) -> None:
         from transformers import AutoTokenizer
@@ -110,11 +119,14 @@ class NeuralStudent(Student):
             with torch.no_grad():
                 emb[:rows] = torch.from_numpy(np.asarray(matrix[:rows], dtype=np.float32))
         acts = cache.activations
-        objective = DistillationObjective(
+        objective: DistillationObjective | CombinedObjective = DistillationObjective(
             ObjectiveConfig.from_hparams(self.hparams),
             student_dim=self.module.sentence_dim,
             teacher_dim=None if acts is None else int(acts.shape[-1]),
         )
+        extra = self.extra_objective(cache)
+        if extra is not None:
+            objective = CombinedObjective([objective, extra])
         data = TrainingData(self.encode(cache.texts), np.asarray(cache.logits), cache.labels, acts)
         evaluate = None
         if dev is not None:

@@ -12,7 +12,7 @@ _REGISTRY: dict[str, type[Student]] = {}
 
 # Modules that register the built-in students when imported. A new student type is one file
 # plus one line here.
-BUILTIN_MODULES = ("students.bilstm",)
+BUILTIN_MODULES = ("students.bilstm", "students.forests", "students.cnn", "students.bert", "students.chain")
 
 
 def register(name: str) -> Callable[[type[Student]], type[Student]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from students.base import DevSet
 from studies.evaluate import evaluate_model
 from teachers.finetune import FineTuneConfig, get_teacher
 from teachers.model import Teacher
+from transfer.augment import AugmentConfig
 from transfer.cache import TransferCache, get_or_build_cache
 from transfer.errors import KDError
 from transfer.tasks import Task, load_task
@@ -74,9 +75,16 @@ def prepare(cfg: DictConfig) -> Prepared:
     teacher_cfg = FineTuneConfig.from_mapping(OmegaConf.to_container(cfg.teacher, resolve=True))  # type: ignore[arg-type]
     teacher_cfg.seed = int(cfg.seed)
     teacher = get_teacher(str(cfg.teacher.name), task, teacher_cfg, cache_root, device=device_of(cfg))
+    limit = cfg.transfer.get("train_limit")
+    transfer_task = replace(task, train=task.train.limit(int(limit))) if limit else task
     cache = get_or_build_cache(
         teacher,
-        make_transfer_set(task),
+        make_transfer_set(
+            transfer_task,
+            augment=AugmentConfig.from_mapping(cfg.transfer.get("augment"), mask_token=teacher.tokenizer.mask_token),
+            extra=cfg.transfer.get("extra"),
+            vocab_source=teacher,
+        ),
         cache_root / "transfer",
         batch_size=int(cfg.transfer.label_batch_size),
         sort_by_length=bool(cfg.transfer.sort_by_length),

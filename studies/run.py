@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from transfer.errors import KDError
@@ -67,19 +70,24 @@ def run_study(cfg: DictConfig) -> StudyResult:
 
     from students.registry import get_student_class
     from studies import search
-    from studies.pipeline import prepare
+    from studies.pipeline import load_configured_task, prepare
     from studies.tracking import default_storage, flat_params, git_commit, setup_mlflow
 
-    get_student_class(str(cfg.student.name))  # fail fast on an unknown student, before any heavy work
+    get_student_class(str(cfg.student.name))  # fail fast on an unknown student or bad data, before heavy work
+    load_configured_task(cfg)
     experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
     tracking_uri = setup_mlflow(cfg.tracking.uri, experiment)
     prep = prepare(cfg)
     name = cfg.study.name or default_study_name(cfg, prep.teacher_label, prep.cache.key)
     storage_url = cfg.study.storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = search.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    heartbeat = int(cfg.study.heartbeat_interval)
+    storage = search.make_storage(storage_url, heartbeat, tracking_uri)
     study = search.open_study(name, storage, cfg, prep.cache.key)
-    teacher_run = log_teacher_run(prep, experiment)
+    study.set_user_attr("student", str(cfg.student.name))
+    # one teacher run per experiment even when workers sharing the cache start together
+    with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
+        teacher_run = log_teacher_run(prep, experiment)
 
     fixed = dict(OmegaConf.to_container(cfg.student.get("hparams") or {}, resolve=True))  # type: ignore[arg-type]
     extra = {k: v for k, v in cfg.student.items() if k not in ("name", "hparams")}
@@ -91,21 +99,25 @@ def run_study(cfg: DictConfig) -> StudyResult:
         "teacher_run_id": teacher_run,
         "git_commit": git_commit(),
         "task": str(cfg.task.name),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",  # which invocation ran what, when many share a study
     }
-    remaining = int(cfg.study.n_trials) - search.finished_trials(study)
+    target = int(cfg.study.n_trials)
+    poll = max(0.5, min(5.0, heartbeat / 2))
+    deadline = time.monotonic() + float(cfg.study.timeout) if cfg.study.timeout else None
     with mlflow.start_run(
         run_name=f"study-{name}", tags={**tags, "role": "study", "student": cfg.student.name}
     ) as parent:
         mlflow.log_params(flat_params(OmegaConf.to_container(cfg, resolve=True)))  # type: ignore[arg-type]
         mlflow.log_params({"study.storage_url": storage_url})
         mlflow.log_metrics({f"teacher_{k}": v for k, v in prep.teacher_metrics.items()})
-        if remaining > 0:
-            callback = optuna.study.MaxTrialsCallback(int(cfg.study.n_trials), states=search.FINISHED)
+        # Counts every worker's finished and running trials (and fails those of dead workers), so
+        # N workers on one study stop at the target together; see search.needs_more_trials.
+        if search.needs_more_trials(study, target, poll, deadline):
             study.optimize(
                 search.make_objective(prep, str(cfg.student.name), fixed, tags),
-                n_trials=remaining,
+                n_trials=target - search.finished_trials(study),
                 timeout=cfg.study.timeout,
-                callbacks=[callback, _print_trial(prep.metric)],
+                callbacks=[_print_trial(prep.metric), search.StopAtTarget(target, poll, deadline)],
                 catch=(),
             )
         else:

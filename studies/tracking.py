@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from studies.dblock import driver_url, schema_lock
+
 DEFAULT_DIR = Path("mlruns")
 
 
@@ -25,14 +27,22 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
     import logging
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    uri = uri or default_tracking_uri()
+    uri = driver_url(uri or default_tracking_uri())
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifacts = (DEFAULT_DIR / "artifacts").resolve().as_uri() if uri.startswith("sqlite") else None
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    # Workers starting together: the first one migrates a fresh SQL store (schema_lock) and
+    # creates the experiment; the others find it (an MLflow server answers "already exists").
+    with schema_lock(uri, "mlflow"):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifacts = (DEFAULT_DIR / "artifacts").resolve().as_uri() if uri.startswith("sqlite") else None
+            try:
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
+            except MlflowException:
+                if mlflow.get_experiment_by_name(experiment) is None:
+                    raise
     mlflow.set_experiment(experiment)
     return uri
 

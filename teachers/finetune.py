@@ -148,7 +148,7 @@ def _train(
         optimiser.step()
         scheduler.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
             tmp = checkpoint.with_suffix(".tmp")
             state = {

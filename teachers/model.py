@@ -19,6 +19,7 @@ from transfer.batching import length_sorted_batches
 from transfer.fingerprint import hash_dir
 
 TRAINING_RECORD = "kd_teacher.json"  # how the teacher was made; not part of its fingerprint
+TEACHER_MODEL_ASSET = "teacher_model"  # under a cache's assets/: the teacher's config + weights
 
 
 def quiet_transformers() -> None:
@@ -78,6 +79,8 @@ class Teacher:
         self.tokenizer.save_pretrained(str(directory / "tokenizer"))
         table = self.model.get_input_embeddings().weight.detach().cpu().numpy().astype(np.float16)
         np.save(directory / "embeddings.npy", table)
+        # The full fine-tuned teacher (config + weights), so a student can start from its layers.
+        self.model.save_pretrained(str(directory / TEACHER_MODEL_ASSET))
 
     # -- inference used for evaluation -----------------------------------------------------------
     def predict_logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from filelock import FileLock
+from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from transfer.errors import KDError
@@ -39,7 +40,13 @@ from transfer.fingerprint import hash_file, hash_json, hash_texts
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CHUNK_SIZE = 4096  # examples per resumable chunk
+CHUNK_SIZE = 4096  # examples per resumable chunk (KD_CACHE_CHUNK_SIZE overrides it: tests, tiny machines)
+
+
+def chunk_size() -> int:
+    """Examples per resumable labelling chunk: the ``KD_CACHE_CHUNK_SIZE`` environment variable, else CHUNK_SIZE."""
+    value = os.environ.get("KD_CACHE_CHUNK_SIZE")
+    return max(1, int(value)) if value else CHUNK_SIZE
 
 
 class Labeler(Protocol):
@@ -120,7 +127,13 @@ class TransferCache:
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             raise KDError(f"{self.path} is not a complete transfer cache (no manifest.json)")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        try:  # flipped or truncated bytes can hit the manifest itself, not only the arrays it checks
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:
+            raise CacheCorrupted(f"transfer cache {self.path}: manifest.json is unreadable ({err})") from err
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("checksums"), dict):
+            raise CacheCorrupted(f"transfer cache {self.path}: manifest.json has no checksums")
+        self.manifest: dict[str, Any] = manifest
         if verify:
             self.verify()
         self.texts: list[str] = json.loads((self.path / "train_texts.json").read_text())
@@ -207,20 +220,27 @@ class TransferCache:
 
 def _label_split(
     labeler: Labeler, texts: Sequence[str], work: Path, prefix: str, batch_size: int, sort_by_length: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label ``texts`` in length-sorted batches, one resumable chunk file at a time."""
+) -> list[str]:
+    """Label ``texts`` in length-sorted batches, one resumable chunk file at a time.
+
+    Results are scattered back to the original order straight into memory-mapped ``.npy`` files
+    in ``work``, so even a transfer set of millions of sentences never has to fit in RAM.
+    Returns the names of the arrays written.
+    """
     n = len(texts)
+    if n == 0:
+        raise KDError(f"cannot label an empty {prefix} split")
     order = np.argsort(labeler.text_lengths(texts), kind="stable") if sort_by_length else np.arange(n)
-    chunks = [order[i : i + CHUNK_SIZE] for i in range(0, n, CHUNK_SIZE)]
+    size = chunk_size()
+    chunks = [order[i : i + size] for i in range(0, n, size)]
     logits: np.ndarray | None = None
     acts: np.ndarray | None = None
     bar = tqdm(total=n, desc=f"labelling {prefix}", unit="text", leave=False)
     for c, idx in enumerate(chunks):
         chunk_file = work / f"{prefix}_chunk{c:05d}.npz"
-        if chunk_file.exists():
-            data = np.load(chunk_file)
-            c_logits = data["logits"]
-            c_acts = data["activations"] if "activations" in data.files else None
+        reused = _load_chunk(chunk_file, idx)
+        if reused is not None:
+            c_logits, c_acts = reused
             bar.update(len(idx))
         else:
             parts_l, parts_a = [], []
@@ -236,41 +256,73 @@ def _label_split(
             c_logits = np.concatenate(parts_l).astype(np.float16)
             c_acts = np.concatenate(parts_a).astype(np.float16) if parts_a else None
             tmp = chunk_file.with_suffix(".tmp.npz")
-            arrays = {"logits": c_logits} | ({"activations": c_acts} if c_acts is not None else {})
+            arrays = {"index": idx, "logits": c_logits} | ({"activations": c_acts} if c_acts is not None else {})
             np.savez(tmp, **arrays)
             os.replace(tmp, chunk_file)
         if logits is None:
-            logits = np.zeros((n, c_logits.shape[1]), dtype=np.float16)
+            logits = open_memmap(work / f"{prefix}_logits.npy", "w+", np.float16, (n, c_logits.shape[1]))
             if c_acts is not None:
-                acts = np.zeros((n, *c_acts.shape[1:]), dtype=np.float16)
+                acts = open_memmap(work / f"{prefix}_activations.npy", "w+", np.float16, (n, *c_acts.shape[1:]))
         logits[idx] = c_logits
         if acts is not None and c_acts is not None:
             acts[idx] = c_acts
     bar.close()
-    assert logits is not None, "cannot label an empty split"
+    names = [f"{prefix}_logits"]
+    for array in (logits, acts):
+        if array is not None:
+            array.flush()
+    if acts is not None:
+        names.append(f"{prefix}_activations")
+    del logits, acts
+    return names
+
+
+def _load_chunk(chunk_file: Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A chunk labelled by an earlier (killed) build, if it holds exactly the texts ``idx``.
+
+    A resumed build may use another chunk size or ordering (``sort_by_length``), so a chunk is
+    reused only when its recorded text indices match; an unreadable chunk is labelled again.
+    """
+    if not chunk_file.exists():
+        return None
+    try:
+        with np.load(chunk_file) as data:
+            if "index" not in data.files or not np.array_equal(data["index"], idx):
+                log.info("chunk %s covers other texts (chunk size or order changed); relabelling it", chunk_file.name)
+                return None
+            logits = data["logits"]
+            acts = data["activations"] if "activations" in data.files else None
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        log.warning("chunk %s is unreadable (%s); relabelling it", chunk_file, err)
+        return None
+    if len(logits) != len(idx) or (acts is not None and len(acts) != len(idx)):
+        return None
     return logits, acts
 
 
 def _write_cache(
     labeler: Labeler, transfer: TransferSet, key: str, work: Path, batch_size: int, sort_by_length: bool
 ) -> None:
+    log.info(
+        "labelling %d texts for transfer cache %s (pid %d)",
+        len(transfer.texts) + len(transfer.dev_texts),
+        key,
+        os.getpid(),
+    )
     STATS.passes += 1
     STATS.builds.append(key)
-    files: dict[str, np.ndarray] = {}
+    names: list[str] = []
     for prefix, texts, labels in (
         ("train", transfer.texts, transfer.labels),
         ("dev", transfer.dev_texts, transfer.dev_labels),
     ):
-        logits, acts = _label_split(labeler, texts, work, prefix, batch_size, sort_by_length)
-        files[f"{prefix}_labels"] = np.asarray(labels, dtype=np.int64)
-        files[f"{prefix}_logits"] = logits
-        if acts is not None:
-            files[f"{prefix}_activations"] = acts
+        names += _label_split(labeler, texts, work, prefix, batch_size, sort_by_length)
+        np.save(work / f"{prefix}_labels.npy", np.asarray(labels, dtype=np.int64))
+        names.append(f"{prefix}_labels")
         (work / f"{prefix}_texts.json").write_text(json.dumps(list(texts)))
-    for name, array in files.items():
-        np.save(work / f"{name}.npy", array)
     labeler.write_assets(work / "assets")
-    checksums = {f"{name}.npy": hash_file(work / f"{name}.npy") for name in files}
+    arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r") for name in names}
+    checksums = {f"{name}.npy": hash_file(work / f"{name}.npy") for name in names}
     checksums |= {f"{p}_texts.json": hash_file(work / f"{p}_texts.json") for p in ("train", "dev")}
     manifest = {
         "key": key,
@@ -281,12 +333,13 @@ def _write_cache(
         "label_names": transfer.label_names,
         "transfer": transfer.description,
         "pooling": "mean over non-padding tokens of each hidden state (embeddings output = layer 0)",
-        "shapes": {name: list(a.shape) for name, a in files.items()},
-        "dtypes": {name: str(a.dtype) for name, a in files.items()},
+        "shapes": {name: list(a.shape) for name, a in arrays.items()},
+        "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
         "checksums": checksums,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sorted_batches": sort_by_length,
     }
+    del arrays
     for chunk in work.glob("*_chunk*.npz"):
         chunk.unlink()
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -319,7 +372,7 @@ def get_or_build_cache(
             try:
                 return TransferCache(final)
             except CacheCorrupted as err:
-                aside = root / f"{key}.corrupt-{int(time.time())}"
+                aside = root / f"{key}.corrupt-{time.time_ns()}"
                 log.warning("%s; moved to %s and rebuilding", err, aside.name)
                 os.replace(final, aside)
         elif final.exists():  # a directory without manifest can only be debris: never trust it

@@ -1,0 +1,149 @@
+"""The best configuration of every student type studied on one task and one transfer cache.
+
+Both ``studies.compare`` and ``studies.probe`` start from the Optuna storage rather than from a
+list in the config: whatever was searched (by anyone, on any machine sharing the storage) is what
+gets compared, and whatever was not is reported as missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from transfer.errors import KDError
+from transfer.fingerprint import hash_json
+
+log = logging.getLogger(__name__)
+
+STUDENT_CONF = Path(__file__).parent / "conf" / "student"
+
+
+@dataclass
+class BestConfig:
+    """One student type's best complete trial: what to retrain and where it came from."""
+
+    student: str
+    study_name: str
+    trial_number: int
+    value: float
+    hparams: dict[str, Any]
+    trial_run_id: str | None
+    hparams_source: str  # "trial" (user attr "hparams") or "params+conf" (reconstructed, older studies)
+
+    def config_hash(self, cache_key: str) -> str:
+        """Identity of a retrain, seed excluded: same hash = same student, same data, same settings."""
+        hparams = {k: v for k, v in self.hparams.items() if k != "seed"}
+        return hash_json({"student": self.student, "hparams": hparams, "cache_key": cache_key})
+
+
+@dataclass
+class Studied:
+    """What the storage holds for one task and cache: the best configs, and who is missing and why."""
+
+    best: list[BestConfig]
+    missing: dict[str, str] = field(default_factory=dict)  # student -> reason (no study, no complete trial)
+
+
+def as_names(value: Any) -> list[str] | None:
+    """A config list of names (``[a,b]``, ``a,b`` or ``a``); None/empty = all."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def student_of(name: str, user_attrs: dict[str, Any], known: list[str]) -> str | None:
+    """The student type of a study: its user attr, else the registered name inside the default study name."""
+    if user_attrs.get("student"):
+        return str(user_attrs["student"])
+    parts = name.split("-")  # default name: <task>-<teacher label, may hold dashes>-<student>-<key6>
+    if len(parts) >= 3 and parts[-2] in known:
+        return parts[-2]
+    matches = [i for i, part in enumerate(parts[1:], 1) if part in known]
+    return parts[matches[-1]] if matches else None
+
+
+def recover_hparams(student: str, trial: FrozenTrial) -> tuple[dict[str, Any], str]:
+    """The trial's full hyper-parameters; studies made before they were recorded fall back to params+conf."""
+    if isinstance(trial.user_attrs.get("hparams"), dict):
+        return dict(trial.user_attrs["hparams"]), "trial"
+    conf = STUDENT_CONF / f"{student}.yaml"
+    fixed: dict[str, Any] = {}
+    if conf.is_file():
+        loaded = OmegaConf.to_container(OmegaConf.load(conf), resolve=True)
+        fixed = dict(loaded.get("hparams") or {}) if isinstance(loaded, dict) else {}
+    log.warning(
+        "trial %d of %s has no recorded hparams; using its searched params plus %s defaults",
+        trial.number,
+        student,
+        conf.name,
+    )
+    return {**fixed, **trial.params}, "params+conf"
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return max(complete, key=lambda t: t.value) if complete else None  # first of equals: the one with the model
+
+
+def find_studied(
+    storage: optuna.storages.BaseStorage | str,
+    task: str,
+    cache_key: str,
+    students: list[str] | None = None,
+) -> Studied:
+    """Every study of ``task`` on ``cache_key``; per student type, the best complete trial over its studies."""
+    from students.registry import available_students
+
+    known = available_students()
+    wanted = list(students) if students else known
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise KDError(f"unknown student(s) {', '.join(unknown)}; known students: {', '.join(known)}")
+    best: dict[str, BestConfig] = {}
+    without_trials: set[str] = set()
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = dict(summary.user_attrs)
+        if not summary.study_name.startswith(f"{task}-") or attrs.get("cache_key") != cache_key:
+            continue
+        student = student_of(summary.study_name, attrs, known)
+        if student is None or student not in wanted:
+            if student is None:
+                log.warning("cannot tell the student type of study %r; skipped", summary.study_name)
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trial = best_trial(study)
+        if trial is None:
+            without_trials.add(student)
+            continue
+        if student in best and best[student].value >= float(trial.value or 0.0):
+            continue
+        hparams, source = recover_hparams(student, trial)
+        best[student] = BestConfig(
+            student=student,
+            study_name=summary.study_name,
+            trial_number=trial.number,
+            value=float(trial.value or 0.0),
+            hparams=hparams,
+            trial_run_id=trial.user_attrs.get("mlflow_run_id"),
+            hparams_source=source,
+        )
+    missing = {s: "study has no complete trial" if s in without_trials else "no study" for s in wanted if s not in best}
+    return Studied(best=[best[s] for s in sorted(best)], missing=missing)
+
+
+def no_study_error(task: str, cache_key: str, storage_url: str, overrides: list[str]) -> KDError:
+    """The error when nothing at all was studied: say which command makes a study first."""
+    extra = " ".join(o for o in overrides if not re.match(r"^(compare|probe)\.", o) and not o.startswith("task="))
+    return KDError(
+        f"no Optuna study of task {task!r} on transfer cache {cache_key} in {storage_url}; run a study first, e.g. "
+        f"python -m studies.run task={task} student=bilstm {extra}".rstrip()
+    )

@@ -1,0 +1,419 @@
+"""Compare every studied student type with the teacher: ``python -m studies.compare task=sst2``.
+
+For each student type that has an Optuna study on this task and this transfer cache, the best
+complete trial's configuration is retrained with ``compare.seeds`` seeds, because one trial's
+score is one draw of the seed lottery and the search picked the luckiest draw. Each seed's
+retrain is an MLflow run (role=seed_run) keyed by its configuration hash, so a rerun reuses it
+instead of training again. The report (terminal, Markdown, CSV, Pareto plot as PNG and HTML)
+is logged as the artifacts of one MLflow run tagged role=comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from students.base import Student
+from studies.best import BestConfig, as_names, find_studied, no_study_error
+from studies.report import Cell, Column, Point, Stat, markdown_table, pareto_html, pareto_png, terminal_table, write_csv
+from transfer.errors import KDError
+
+log = logging.getLogger("studies.compare")
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    run_id: str
+    metrics: dict[str, float]
+    reused: bool  # found in MLflow instead of trained now
+    remeasured: bool  # latencies measured in this process (trained now, or reused with its saved model)
+
+
+@dataclass
+class StudentResult:
+    best: BestConfig
+    config_hash: str
+    seeds: list[SeedResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per seed that could not be trained
+
+
+@dataclass
+class Comparison:
+    """Everything the report shows, for callers (and tests) that want the numbers rather than the files."""
+
+    columns: list[Column]
+    rows: list[dict[str, Cell]]
+    missing: dict[str, str]
+    results: list[StudentResult]
+    teacher: dict[str, float]
+    files: dict[str, Path]
+    run_id: str
+    metric: str
+    markdown: str
+
+
+def seeds_of(cfg: DictConfig) -> list[int]:
+    """``compare.seeds``: a count K (seeds cfg.seed … cfg.seed+K-1) or an explicit list."""
+    value = cfg.compare.seeds
+    if isinstance(value, int):
+        if value < 1:
+            raise KDError(f"compare.seeds must be at least 1, got {value}")
+        return [int(cfg.seed) + i for i in range(value)]
+    return [int(s) for s in value]
+
+
+def dir_size(path: str | Path) -> int:
+    """Bytes of every file under ``path``: what the model costs to ship."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def find_seed_run(experiment: str, tags: dict[str, str], needed: Sequence[str]) -> Any | None:
+    """A finished run with exactly these tags that holds every ``needed`` metric (else it is retrained)."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'FINISHED'"])
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=query, output_format="list")
+    for run in runs:
+        if all(m in run.data.metrics for m in needed):
+            return run
+    return None
+
+
+def latencies(student: Student, prep: Any, batch: int) -> dict[str, float]:
+    """Batch-1 and batch-``batch`` latency, measured like the teacher's (same texts, same samples)."""
+    from studies.evaluate import latency_ms
+
+    samples = int(prep.cfg.tracking.latency_samples)
+    texts = prep.task.dev.texts
+    return {
+        "latency_ms_b1": latency_ms(student.predict_logits, texts, samples),
+        f"latency_ms_b{batch}": latency_ms(student.predict_logits, texts, samples, batch),
+    }
+
+
+def train_seed(prep: Any, best: BestConfig, seed: int, batch: int, log_model: bool) -> dict[str, float]:
+    """Fit the best configuration with ``seed``, measure it the way every model is measured, log its model."""
+    import mlflow
+
+    from students.registry import get_student_class
+    from studies.evaluate import evaluate_model
+
+    samples = int(prep.cfg.tracking.latency_samples)
+    student = get_student_class(best.student)(**{**best.hparams, "seed": seed, "progress": bool(prep.cfg.progress)})
+    started = time.perf_counter()
+    student.fit(prep.cache, prep.dev_set(), None)
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate_model(student.predict_logits, prep.task, prep.cache.dev_logits, student.n_params(), samples)
+    metrics |= latencies(student, prep, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = student.save(Path(tmp) / "student")
+        metrics["size_bytes"] = float(dir_size(saved))
+        if log_model:
+            mlflow.log_artifacts(str(saved), "student")
+            mlflow.set_tag("has_model", "true")
+    metrics["train_seconds"] = train_seconds
+    return metrics
+
+
+def remeasure(run: Any, prep: Any, batch: int) -> dict[str, float] | None:
+    """Latencies of a reused run's saved model, measured now: in the same process as the teacher's."""
+    import mlflow
+
+    if run.data.tags.get("has_model") != "true":
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="student", dst_path=tmp)
+        return latencies(Student.load(local), prep, batch)
+
+
+def seed_result(prep: Any, experiment: str, best: BestConfig, chash: str, seed: int, batch: int) -> SeedResult:
+    """Reuse the seed run with these tags if one finished, else train and log a new one."""
+    import mlflow
+
+    from studies.tracking import flat_params
+
+    tags = {
+        "role": "seed_run",
+        "student": best.student,
+        "study_name": best.study_name,
+        "seed": str(seed),
+        "config_hash": chash,
+        "cache_key": prep.cache.key,
+    }
+    needed = [prep.metric, "dev_agreement", "latency_ms_b1", f"latency_ms_b{batch}", "size_bytes", "train_seconds"]
+    existing = find_seed_run(experiment, tags, needed)
+    if existing is not None:
+        fresh = remeasure(existing, prep, batch)
+        metrics = {**existing.data.metrics, **(fresh or {})}
+        return SeedResult(seed, existing.info.run_id, metrics, reused=True, remeasured=fresh is not None)
+    extra = {
+        "teacher_fingerprint": prep.teacher.fingerprint,
+        "task": str(prep.task.name),
+        "best_trial": str(best.trial_number),
+        "hparams_source": best.hparams_source,
+    }
+    with mlflow.start_run(run_name=f"{best.student}-seed-{seed}", tags={**tags, **extra}) as run:
+        mlflow.log_params(flat_params({**best.hparams, "seed": seed}))
+        metrics = train_seed(prep, best, seed, batch, str(prep.cfg.tracking.log_models) != "none")
+        mlflow.log_metrics(metrics)
+        return SeedResult(seed, run.info.run_id, metrics, reused=False, remeasured=True)
+
+
+def measure_teacher(prep: Any, batch: int) -> dict[str, float]:
+    """The teacher's row, with its latencies measured in this process (the ratios' denominators)."""
+    from studies.evaluate import latency_ms
+
+    metrics = dict(prep.teacher_metrics)
+    samples = int(prep.cfg.tracking.latency_samples)
+    metrics[f"latency_ms_b{batch}"] = latency_ms(prep.teacher.predict_logits, prep.task.dev.texts, samples, batch)
+    metrics["size_bytes"] = float(dir_size(prep.teacher.path))
+    return metrics
+
+
+def columns_for(metric: str, batch: int) -> list[Column]:
+    return [
+        Column("model", "model"),
+        Column("n", "seeds", "d"),
+        Column(metric, metric.replace("_", " "), ".4f"),
+        Column("pct_of_teacher", "% of teacher", ".1f"),
+        Column("dev_agreement", "agreement", ".3f"),
+        Column("params_total", "params", ",.0f"),
+        Column("params_non_embedding", "params non-emb.", ",.0f"),
+        Column("latency_ms_b1", "latency b1 ms", ".2f"),
+        Column(f"latency_ms_b{batch}", f"latency b{batch} ms", ".2f"),
+        Column("speedup_b1", "speed-up b1", ".3g"),
+        Column(f"speedup_b{batch}", f"speed-up b{batch}", ".3g"),
+        Column("size_mb", "size MB", ".2f"),
+        Column("train_seconds", "train s", ".1f"),
+    ]
+
+
+EXTRA_CSV = [Column("study", "study"), Column("best_trial", "trial", "d"), Column("config_hash", "config hash")]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator and math.isfinite(denominator) else float("nan")
+
+
+def student_row(result: StudentResult, teacher: dict[str, float], metric: str, batch: int) -> dict[str, Cell]:
+    """Mean ± sd over seeds; % of teacher = mean / teacher score; speed-up = teacher latency / mean latency."""
+    runs = [s.metrics for s in result.seeds]
+
+    def stat(key: str) -> Stat:
+        return Stat.of([m.get(key, float("nan")) for m in runs])
+
+    def constant_or_stat(key: str) -> Stat:  # parameter counts rarely vary with the seed: no "± 0"
+        values = {m.get(key) for m in runs}
+        return Stat.of([m.get(key, float("nan")) for m in runs], single=len(values) == 1)
+
+    score = stat(metric)
+    b1, bb = stat("latency_ms_b1"), stat(f"latency_ms_b{batch}")
+    return {
+        "model": result.best.student,
+        "n": len(runs),
+        metric: score,
+        "pct_of_teacher": score.scaled(_ratio(100.0, teacher[metric])),
+        "dev_agreement": stat("dev_agreement"),
+        "params_total": constant_or_stat("params_total"),
+        "params_non_embedding": constant_or_stat("params_non_embedding"),
+        "latency_ms_b1": b1,
+        f"latency_ms_b{batch}": bb,
+        "speedup_b1": _ratio(teacher["latency_ms_b1"], b1.mean),
+        f"speedup_b{batch}": _ratio(teacher[f"latency_ms_b{batch}"], bb.mean),
+        "size_mb": stat("size_bytes").scaled(1e-6),
+        "train_seconds": stat("train_seconds"),
+        "study": result.best.study_name,
+        "best_trial": result.best.trial_number,
+        "config_hash": result.config_hash,
+    }
+
+
+def teacher_row(teacher: dict[str, float], metric: str, batch: int, label: str) -> dict[str, Cell]:
+    def one(key: str) -> Stat:
+        return Stat.of([teacher.get(key, float("nan"))], single=True)
+
+    return {
+        "model": f"teacher ({label})",
+        "n": 1,
+        metric: one(metric),
+        "pct_of_teacher": Stat(100.0, None, 1),
+        "dev_agreement": one("dev_agreement"),
+        "params_total": one("params_total"),
+        "params_non_embedding": one("params_non_embedding"),
+        "latency_ms_b1": one("latency_ms_b1"),
+        f"latency_ms_b{batch}": one(f"latency_ms_b{batch}"),
+        "speedup_b1": 1.0,
+        f"speedup_b{batch}": 1.0,
+        "size_mb": one("size_bytes").scaled(1e-6),
+        "train_seconds": one("train_seconds"),
+    }
+
+
+def render_markdown(
+    prep: Any,
+    columns: list[Column],
+    rows: list[dict[str, Cell]],
+    results: list[StudentResult],
+    missing: dict[str, str],
+    batch: int,
+) -> str:
+    reused = sum(s.reused for r in results for s in r.seeds)
+    trained = sum(not s.reused for r in results for s in r.seeds)
+    stale = sum(not s.remeasured for r in results for s in r.seeds)
+    lines = [
+        f"# Students vs teacher on {prep.task.name}",
+        "",
+        f"Teacher `{prep.cfg.teacher.name}` (fingerprint `{prep.teacher.fingerprint}`), "
+        f"transfer cache `{prep.cache.key}`. Each student type: the best complete trial of its Optuna study, "
+        "retrained with every seed; cells are mean ± sd (sample sd) over seeds.",
+        "",
+        markdown_table(columns, rows),
+        "",
+        f"- % of teacher = student mean {prep.metric} / teacher {prep.metric} × 100.",
+        f"- speed-up = teacher latency / student mean latency (batch 1 and batch {batch}, raw text in, logits out, "
+        "median over calls); every latency is measured in this process, reused seed runs through their saved model"
+        + (
+            f" (except {stale} seed runs without a saved model: their latencies are from when they were trained)."
+            if stale
+            else "."
+        ),
+        "- size = bytes of the saved model directory (weights, tokenizer, settings).",
+        f"- seed runs: {trained} trained now, {reused} reused from MLflow (role=seed_run, same config hash).",
+    ]
+    if missing:
+        lines += ["", "## Not compared", ""]
+        lines += [f"- `{name}`: {why}" for name, why in sorted(missing.items())]
+    failures = [(r.best.student, e) for r in results for e in r.errors]
+    if failures:
+        lines += ["", "## Seeds that failed", ""] + [f"- `{name}`: {err}" for name, err in failures]
+    return "\n".join(lines) + "\n"
+
+
+def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
+    """Retrain (or reuse) every studied student's best config over seeds and write the report."""
+    import mlflow
+
+    from studies import search
+    from studies.pipeline import prepare
+    from studies.tracking import default_storage, setup_mlflow
+
+    experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
+    setup_mlflow(cfg.tracking.uri, experiment)
+    seeds = seeds_of(cfg)
+    batch = int(cfg.compare.batch_latency)
+    wanted = as_names(cfg.compare.students)
+    prep = prepare(cfg)
+    storage_url = cfg.study.storage or default_storage()
+    storage = search.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted)
+    if not studied.best:
+        if wanted is None and all(why == "no study" for why in studied.missing.values()):
+            raise no_study_error(str(cfg.task.name), prep.cache.key, storage_url, list(overrides))
+        log.warning("nothing to compare: %s", studied.missing)
+    if studied.missing:
+        print("not compared: " + ", ".join(f"{k} ({v})" for k, v in sorted(studied.missing.items())), flush=True)
+
+    teacher = measure_teacher(prep, batch)
+    results = [StudentResult(best, best.config_hash(prep.cache.key)) for best in studied.best]
+    jobs = [(r, seed) for r in results for seed in seeds]
+    for result, seed in tqdm(jobs, desc="seed runs", unit="run", disable=not cfg.progress or not jobs):
+        try:
+            result.seeds.append(seed_result(prep, experiment, result.best, result.config_hash, seed, batch))
+        except (KDError, ArithmeticError, RuntimeError, ValueError) as err:  # one bad seed must not sink the report
+            log.warning("%s seed %d failed: %s", result.best.student, seed, err)
+            result.errors.append(f"seed {seed}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    for result in results:
+        if not result.seeds:
+            studied.missing[result.best.student] = "every seed failed: " + "; ".join(result.errors)
+    done = [r for r in results if r.seeds]
+
+    metric = prep.metric
+    columns = columns_for(metric, batch)
+    rows = [teacher_row(teacher, metric, batch, prep.teacher_label)]
+    rows += [student_row(r, teacher, metric, batch) for r in done]
+    markdown = render_markdown(prep, columns, rows, results, studied.missing, batch)
+
+    out_dir = Path(str(cfg.compare.out_dir)) / f"compare-{cfg.task.name}-{prep.teacher_label}-{prep.cache.key[:6]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = [Point(str(rows[0]["model"]), teacher["latency_ms_b1"], teacher[metric], teacher=True)]
+    for row in rows[1:]:
+        lat, score = row["latency_ms_b1"], row[metric]
+        assert isinstance(lat, Stat) and isinstance(score, Stat)
+        points.append(Point(str(row["model"]), lat.mean, score.mean, lat.sd or 0.0, score.sd or 0.0))
+    title = f"{cfg.task.name}: {metric} vs batch-1 latency (mean ± sd over {len(seeds)} seeds)"
+    files = {
+        "markdown": out_dir / "comparison.md",
+        "csv": write_csv(out_dir / "comparison.csv", columns + EXTRA_CSV, rows),
+        "png": pareto_png(out_dir / "pareto.png", points, "batch-1 latency (ms, log scale)", metric, title),
+        "html": pareto_html(out_dir / "pareto.html", points, "batch-1 latency (ms, log scale)", metric, title),
+    }
+    files["markdown"].write_text(markdown, encoding="utf-8")
+
+    tags = {
+        "role": "comparison",
+        "task": str(cfg.task.name),
+        "cache_key": prep.cache.key,
+        "teacher_fingerprint": prep.teacher.fingerprint,
+        "students": ",".join(r.best.student for r in done),
+        "missing": ",".join(sorted(studied.missing)),
+    }
+    with mlflow.start_run(run_name=f"compare-{cfg.task.name}", tags=tags) as run:
+        mlflow.log_params({"seeds": ",".join(map(str, seeds)), "batch_latency": batch})
+        for row in rows[1:]:
+            score = row[metric]
+            if isinstance(score, Stat):
+                mlflow.log_metric(f"{row['model']}.{metric}_mean", score.mean)
+        for path in files.values():
+            mlflow.log_artifact(str(path))
+        seed_runs = {r.best.student: {str(s.seed): s.run_id for s in r.seeds} for r in results}
+        mlflow.log_dict({"seed_runs": seed_runs, "missing": studied.missing}, "seed_runs.json")
+    return Comparison(columns, rows, studied.missing, results, teacher, files, run.info.run_id, metric, markdown)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from studies.config import compose
+    from studies.run import quiet_libraries
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(
+            "usage: python -m studies.compare task=<task> [compare.seeds=3] [compare.students=[bilstm,cnn]] "
+            "[study/teacher/data overrides as given to studies.run]"
+        )
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    for noisy in ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = compare(compose(args), args)
+    except KDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished seed runs are stored; rerun the same command to reuse them", file=sys.stderr)
+        return 130
+    print()
+    print(terminal_table(result.columns, result.rows))
+    if result.missing:
+        print("\nnot compared: " + "; ".join(f"{k} ({v})" for k, v in sorted(result.missing.items())))
+    print(f"\nreport: {result.files['markdown'].parent}  (MLflow run {result.run_id}, role=comparison)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
