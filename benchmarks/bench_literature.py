@@ -22,7 +22,7 @@ from studies.pipeline import Prepared, prepare
 from studies.run import quiet_libraries
 
 BILSTM = {
-    "hidden_size": 256,
+    "hidden_size": 128,
     "num_layers": 1,
     "pooling": "max",
     "mlp_dim": 256,

@@ -1,6 +1,6 @@
 """Benchmark: study throughput with 1 vs 2 workers, and Optuna's per-trial cost on PostgreSQL vs SQLite.
 
-    python -m benchmarks.bench_workers [--trials 6] [--storage-trials 60] [--threads N]
+    python -m benchmarks.bench_workers [--trials 30] [--rounds 2] [--storage-trials 60] [--threads 1]
 
 Starts its own PostgreSQL cluster and MLflow server (tests/integration/services.py, the same
 helpers as the CI integration run; durable settings, fsync on) and prints what it measured:
@@ -9,7 +9,9 @@ helpers as the CI integration run; durable settings, fsync on) and prints what i
    run by 1 worker and by 2 workers started together, both on PostgreSQL + the MLflow server,
    alternating for ``--rounds`` rounds. Throughput = trials / (last trial end − first trial
    start), so process start-up is excluded; the teacher and the transfer cache are built once
-   beforehand. Ratio = median 2-worker / median 1-worker throughput.
+   beforehand. Ratio = median 2-worker / median 1-worker throughput. Each worker gets
+   ``--threads`` torch threads (default 1, so two workers fit two cores: with torch's default of
+   all cores per worker, two workers oversubscribe the CPU and each trial gets several times slower).
 2. Storage: the same Optuna traffic as one of our trials (11 sampled parameters, 7 user
    attributes, 3 intermediate reports with pruning checks, the stop-at-target check) with a
    no-op objective, on SQLite and on PostgreSQL. Ratio = PostgreSQL / SQLite seconds per trial.
@@ -35,11 +37,11 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from services import mlflow_server, postgres_server, start_workers, wait_workers, write_tiny_sst2  # noqa: E402
 
 FIXED_STUDENT = [
-    "student.hparams.epochs=2",
-    "student.hparams.hidden_size=64",
+    "student.hparams.epochs=3",
+    "student.hparams.hidden_size=128",
     "student.hparams.num_layers=1",
     "student.hparams.pooling=max",
-    "student.hparams.mlp_dim=64",
+    "student.hparams.mlp_dim=128",
     "student.hparams.batch_size=32",
     "student.hparams.dropout=0.1",
     "student.hparams.lr=0.002",
@@ -111,7 +113,7 @@ def bench_workers(
     return {
         "trials": trials,
         "rounds": rounds,
-        "threads_per_worker": threads or "torch default",
+        "threads_per_worker": threads or "torch default (all cores)",
         "cpu_cores": os.cpu_count(),
         "one_worker_trials_per_hour": one,
         "two_workers_trials_per_hour": two,
@@ -170,9 +172,11 @@ def bench_storage(pg_url: str, work: Path, n_trials: int, rounds: int = 3) -> di
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=6, help="trials of the fixed study (each worker setting)")
+    parser.add_argument("--trials", type=int, default=30, help="trials of the fixed study (each worker setting)")
     parser.add_argument("--storage-trials", type=int, default=60, help="no-op trials per storage round")
-    parser.add_argument("--threads", type=int, default=None, help="OMP threads per worker (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch (OpenMP) threads per worker; 0 = torch's default (all cores)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating 1-worker/2-worker rounds")
     parser.add_argument("--skip-workers", action="store_true", help="only the storage comparison")
     args = parser.parse_args(argv)

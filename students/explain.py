@@ -8,7 +8,7 @@ teacher, not only how often:
   texts (how much they move the prediction when present and when absent), then the model's own
   importances (LightGBM gain, scikit-learn impurity decrease).
 * ``sentences.md``: a sample of dev sentences with their largest per-feature contributions
-  (LightGBM ``pred_contrib``; sklearn decision-path credits). Bias + contributions = output.
+  (LightGBM ``pred_contrib``, i.e. TreeSHAP; sklearn decision-path credits). Bias + contributions = output.
 * ``tree_rules.txt``: for a student with ``rules_text`` (the single tree), its rules.
 """
 
@@ -34,7 +34,7 @@ def _signed(value: float) -> str:
 
 
 def _top(scores: np.ndarray, top_k: int) -> np.ndarray:
-    """Indices of the ``top_k`` largest scores, leaving out float noise (exactly-cancelling credits)."""
+    """Indices of the ``top_k`` largest scores, without negligible ones (float noise, zero-gain splits)."""
     order = np.argsort(-scores, kind="stable")[:top_k]
     return order[scores[order] > 1e-4 * max(float(scores.max(initial=0.0)), 1e-12)]
 

@@ -201,13 +201,16 @@ class DistillationObjective(nn.Module):
 EXTRA_TERMS = ("hidden", "nst", "ab", "noise")
 
 
-def suggest_objective(trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
+def suggest_objective(trial: Any, extras: Sequence[str] | None = None) -> dict[str, Any]:
     """The shared part of every neural student's search space: how much of each signal to use.
 
-    ``extras`` adds the optional terms to the search (any of ``EXTRA_TERMS``); by default only the
-    logit/label terms are searched, as before. The ranges are starting points: ``nst`` is a
+    ``extras`` adds the optional terms to the search (any of ``EXTRA_TERMS``); when not given, the
+    trial's ``objective_extras`` (set from ``study.search_objectives`` by the study runner) decide,
+    else only the logit/label terms are searched. The ranges are starting points: ``nst`` is a
     bounded Gram-matrix distance (≤ 4) hence a larger weight, ``ab`` is ≈ μ² per wrong sign.
     """
+    if extras is None:
+        extras = tuple(getattr(trial, "objective_extras", ()))
     unknown = sorted(set(extras) - set(EXTRA_TERMS))
     if unknown:
         raise ValueError(f"unknown objective term(s) {unknown}; known: {', '.join(EXTRA_TERMS)}")

@@ -15,7 +15,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 class FixedParamsTrial:
     """Wraps a trial so hyper-parameters fixed in the config are not searched (nor recorded as sampled)."""
 
-    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any], objective_extras: Sequence[str] = ()) -> None:
         self._trial = trial
         self._fixed = fixed
+        self.objective_extras = tuple(objective_extras)  # read by students.objectives.suggest_objective
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._trial, name)
@@ -54,9 +55,16 @@ class FixedParamsTrial:
         return suggest
 
 
-def sample_hparams(student_cls: type[Student], trial: optuna.Trial, fixed: dict[str, Any]) -> dict[str, Any]:
-    """The trial's full hyper-parameters: searched ones from the space, fixed ones from the config."""
-    return {**student_cls.search_space(FixedParamsTrial(trial, fixed)), **fixed}  # type: ignore[arg-type]
+def sample_hparams(
+    student_cls: type[Student], trial: optuna.Trial, fixed: dict[str, Any], objective_extras: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The trial's full hyper-parameters: searched ones from the space, fixed ones from the config.
+
+    ``objective_extras`` (``study.search_objectives``) adds optional distillation terms (hidden,
+    nst, ab, noise) to the search space of every neural student.
+    """
+    proxy = FixedParamsTrial(trial, fixed, objective_extras)
+    return {**student_cls.search_space(proxy), **fixed}  # type: ignore[arg-type]
 
 
 def make_storage(url: str, heartbeat_interval: int, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
@@ -253,7 +261,13 @@ def make_objective(
     progress = bool(prep.cfg.progress)
 
     def objective(trial: optuna.Trial) -> float:
-        hparams = sample_hparams(student_cls, trial, fixed)
+        try:
+            hparams = sample_hparams(student_cls, trial, fixed, tuple(prep.cfg.study.get("search_objectives") or ()))
+        except ValueError as err:  # Optuna refuses a parameter whose range changed within one study
+            raise KDError(
+                f"study {trial.study.study_name!r} was searched with another search space for {student_name} "
+                f"({err}); start a new study with study.name=<new name>"
+            ) from err
         hparams.setdefault("seed", int(prep.cfg.seed))
         trial.set_user_attr("hparams", hparams)  # the full config (fixed ones too), for studies.compare
         tags = {**parent_tags, "role": "trial", "trial_number": str(trial.number), "student": student_name}

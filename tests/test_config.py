@@ -115,9 +115,21 @@ def test_fixed_hparams_are_not_sampled() -> None:
     assert "hidden_size" not in trial.params and "lr" not in trial.params
     assert hparams["hidden_size"] == 64 and hparams["lr"] == 0.01 and hparams["epochs"] == 1
     # everything else is still searched
-    assert {"num_layers", "pooling", "mlp_dim", "dropout", "batch_size"} <= set(trial.params)
+    assert {"pooling", "mlp_dim", "dropout", "batch_size", "kd_weight"} <= set(trial.params)
     assert all(hparams[name] == value for name, value in trial.params.items())
 
     free = study.ask()
     sampled = sample_hparams(student_cls, free, {})
     assert "hidden_size" in free.params and sampled["hidden_size"] == free.params["hidden_size"]
+
+
+def test_search_objectives_add_extra_terms_to_neural_search_spaces() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    plain = study.ask()
+    sample_hparams(get_student_class("bilstm"), plain, {})
+    assert "nst_weight" not in plain.params and "ab_weight" not in plain.params
+    extended = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    hparams = sample_hparams(get_student_class("cnn"), extended, {}, ("nst", "ab"))
+    assert {"nst_weight", "ab_weight"} <= set(extended.params)
+    assert hparams["nst_weight"] == extended.params["nst_weight"] > 0
+    assert compose(["study.search_objectives=[hidden,noise]"]).study.search_objectives == ["hidden", "noise"]

@@ -1,7 +1,8 @@
 """Faults a long distributed study meets, each provoked for real and each recovered from.
 
 kill -9 of a worker mid-trial and mid-labelling, a corrupted cache, a diverging trial, two
-workers racing for the same new cache, and a trial orphaned before its first heartbeat. The
+workers racing for the same new cache, workers racing on a fresh database, and a trial
+orphaned before its first heartbeat (docs/distributed.md lists how each is handled). The
 study-level tests reuse the session's tiny teacher (conftest) so no test fine-tunes again.
 """
 
@@ -65,6 +66,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, proc: subprocess.Pop
 
 
 def kill_9(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group: no handler, no cleanup, like an OOM kill."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
