@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from studies.evaluate import LATENCY_THREADS, torch_threads
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = os.environ.get("KD_DATA_DIR", str(REPO.parent / "shared" / "data"))
 
@@ -27,15 +29,25 @@ def isolated_overrides(workdir: Path) -> list[str]:
 
 
 def side_by_side_latency(
-    models: dict[str, Callable[[Sequence[str]], np.ndarray]], texts: Sequence[str], rounds: int = 200, warmup: int = 10
+    models: dict[str, Callable[[Sequence[str]], np.ndarray]],
+    texts: Sequence[str],
+    rounds: int = 8,
+    block: int = 25,
+    warmup: int = 5,
 ) -> dict[str, float]:
-    """Median batch-1 latency (ms) of each model, measured interleaved so machine noise hits all alike."""
+    """Median batch-1 latency (ms) of each model, measured in alternating blocks of ``block`` calls.
+
+    Alternating spreads machine noise over all models alike; blocks (rather than one call each)
+    keep every model's weights as warm in the CPU caches as they would be when serving alone.
+    """
     times: dict[str, list[float]] = {name: [] for name in models}
-    for i in range(rounds + warmup):
-        text = [texts[i % len(texts)]]
-        for name, predict in models.items():
-            start = time.perf_counter()
-            predict(text)
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1000)
+    with torch_threads(LATENCY_THREADS):  # the same setting as every latency_ms_b1 in MLflow
+        for r in range(rounds):
+            for name, predict in models.items():
+                for i in range(warmup + block):
+                    text = [texts[(r * block + i) % len(texts)]]
+                    start = time.perf_counter()
+                    predict(text)
+                    if i >= warmup:
+                        times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(values) for name, values in times.items()}

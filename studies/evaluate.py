@@ -9,28 +9,48 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 from transfer.tasks import Task
 
 PredictFn = Callable[[Sequence[str]], np.ndarray]
+LATENCY_THREADS = 1  # torch threads for every latency measurement: one request per core
 
 
 def latency_ms(
     predict: PredictFn, texts: Sequence[str], samples: int = 50, batch_size: int = 1, warmup: int = 3
 ) -> float:
-    """Median wall time (ms) of ``predict`` on batches of ``batch_size`` texts, raw text in, logits out."""
+    """Median wall time (ms) of ``predict`` on batches of ``batch_size`` texts, raw text in, logits out.
+
+    Measured on ``LATENCY_THREADS`` torch threads for every model (teacher and students alike), as
+    when serving one request per core; intra-op threading mostly adds overhead at batch 1.
+    """
     pool = list(texts) or ["a"]
     batches = [[pool[(i * batch_size + j) % len(pool)] for j in range(batch_size)] for i in range(samples + warmup)]
     times = []
-    for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        predict(batch)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
+    with torch_threads(LATENCY_THREADS):
+        for i, batch in enumerate(batches):
+            start = time.perf_counter()
+            predict(batch)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000)
     return float(statistics.median(times))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block on ``n`` torch intra-op threads, restoring the previous setting afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def agreement(logits: np.ndarray, teacher_logits: np.ndarray) -> float:
