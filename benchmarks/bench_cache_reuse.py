@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import isolated_overrides
+from studies.cli import quiet_libraries
 from studies.config import compose
-from studies.run import quiet_libraries, run_study
+from studies.run import run_study
 from transfer.cache import STATS
 
 

@@ -17,9 +17,9 @@ import sys
 from typing import Any
 
 from students.bilstm import BiLSTMStudent
+from studies.cli import quiet_libraries
 from studies.config import compose
 from studies.pipeline import Prepared, prepare
-from studies.run import quiet_libraries
 
 BILSTM = {
     "hidden_size": 128,

@@ -18,9 +18,9 @@ import mlflow
 from benchmarks._common import side_by_side_latency
 from students.base import Student
 from studies.best import find_studied
+from studies.cli import quiet_libraries
 from studies.config import compose
 from studies.pipeline import prepare
-from studies.run import quiet_libraries
 from studies.tracking import default_storage, setup_mlflow
 
 

@@ -19,10 +19,11 @@ import mlflow
 from benchmarks._common import side_by_side_latency
 from students.base import Student
 from studies.best import find_studied
+from studies.cli import quiet_libraries
 from studies.config import compose
 from studies.evaluate import agreement
 from studies.pipeline import prepare
-from studies.run import quiet_libraries, run_study
+from studies.run import run_study
 from studies.tracking import default_storage
 
 # Per-student settings that keep a CPU search affordable on 67k sentences.

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from students.base import Student
 from studies.best import BestConfig, as_names, find_studied, no_study_error
+from studies.cli import run_cli
 from studies.report import Cell, Column, Point, Stat, markdown_table, pareto_html, pareto_png, terminal_table, write_csv
 from transfer.errors import KDError
 
@@ -385,34 +386,22 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from studies.config import compose
-    from studies.run import quiet_libraries
+    return run_cli(argv, _usage, compare, _show, "finished seed runs are stored; rerun the same command to reuse them")
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(
-            "usage: python -m studies.compare task=<task> [compare.seeds=3] [compare.students=[bilstm,cnn]] "
-            "[study/teacher/data overrides as given to studies.run]"
-        )
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
-    for noisy in ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        result = compare(compose(args), args)
-    except KDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished seed runs are stored; rerun the same command to reuse them", file=sys.stderr)
-        return 130
+
+def _usage() -> str:
+    return (
+        "usage: python -m studies.compare task=<task> [compare.seeds=3] [compare.students=[bilstm,cnn]] "
+        "[study/teacher/data overrides as given to studies.run]"
+    )
+
+
+def _show(result: Any) -> None:
     print()
     print(terminal_table(result.columns, result.rows))
     if result.missing:
         print("\nnot compared: " + "; ".join(f"{k} ({v})" for k, v in sorted(result.missing.items())))
     print(f"\nreport: {result.files['markdown'].parent}  (MLflow run {result.run_id}, role=comparison)")
-    return 0
 
 
 if __name__ == "__main__":

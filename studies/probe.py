@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from students.base import Student
 from studies.best import BestConfig, as_names, find_studied
+from studies.cli import run_cli
 from studies.probing_tasks import ProbingTask, generate_tasks
 from studies.report import Column, heatmap_png, markdown_table, terminal_table, write_csv
 from transfer.errors import KDError
@@ -278,34 +279,22 @@ def render_markdown(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from studies.config import compose
-    from studies.run import quiet_libraries
+    return run_cli(argv, _usage, probe, _show, "nothing was logged; rerun the same command")
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(
-            "usage: python -m studies.probe task=<task> [probe.max_sentences=2000] [probe.tasks=[bigram_shift,...]] "
-            "[study/teacher/data overrides as given to studies.run]"
-        )
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
-    for noisy in ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        result = probe(compose(args), args)
-    except KDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+
+def _usage() -> str:
+    return (
+        "usage: python -m studies.probe task=<task> [probe.max_sentences=2000] [probe.tasks=[bigram_shift,...]] "
+        "[study/teacher/data overrides as given to studies.run]"
+    )
+
+
+def _show(result: Any) -> None:
     print()
     print(terminal_table(result.columns, result.rows))
     for note in result.notes:
         print(f"- {note}")
     print(f"\nreport: {result.files['markdown'].parent}  (MLflow run {result.run_id}, role=probe)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from transfer.errors import KDError
+from studies.cli import run_cli
 
 log = logging.getLogger("studies.run")
 
@@ -220,41 +220,14 @@ def usage() -> str:
     )
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for our own progress bars and messages, not library chatter."""
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from studies.config import compose
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(usage())
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
-    for noisy in ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        cfg = compose(args)
-        result = run_study(cfg)
-    except KDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are stored; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(describe(result))
-    return 0
+    return run_cli(
+        argv,
+        usage,
+        lambda cfg, _args: run_study(cfg),
+        lambda result: print(describe(result)),
+        "finished trials are stored; rerun the same command to resume",
+    )
 
 
 if __name__ == "__main__":
