@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     keys = ("students", "trials")
     args = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in keys)
     overrides = [a for a in argv if a.split("=", 1)[0] not in keys]
-    students = args.get("students", "bilstm,cnn,lgbm,tree,bert,chain").split(",")
+    students = args.get("students", "bilstm,cnn,lgbm,tree,chain,bert").split(",")
     for name in students:
         cfg = compose(
             [

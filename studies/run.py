@@ -45,6 +45,15 @@ def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str) -> s
     return f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
 
 
+def fixed_hparams(student_cfg: DictConfig) -> dict[str, Any]:
+    """Hyper-parameters the config fixes: ``student.hparams`` plus any other key of the student group (links)."""
+    values = OmegaConf.to_container(student_cfg, resolve=True)
+    assert isinstance(values, dict)
+    fixed = dict(values.get("hparams") or {})
+    fixed |= {k: v for k, v in values.items() if k not in ("name", "hparams")}
+    return fixed
+
+
 def log_teacher_run(prep: Any, experiment: str) -> str:
     """One MLflow run per teacher (per experiment) with the same metric names as the students."""
     import mlflow
@@ -89,9 +98,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)
 
-    fixed = dict(OmegaConf.to_container(cfg.student.get("hparams") or {}, resolve=True))  # type: ignore[arg-type]
-    extra = {k: v for k, v in cfg.student.items() if k not in ("name", "hparams")}
-    fixed |= OmegaConf.to_container(OmegaConf.create(extra), resolve=True)  # type: ignore[operator]
+    fixed = fixed_hparams(cfg.student)
     tags = {
         "study_name": name,
         "cache_key": prep.cache.key,

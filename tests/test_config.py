@@ -133,3 +133,15 @@ def test_search_objectives_add_extra_terms_to_neural_search_spaces() -> None:
     assert {"nst_weight", "ab_weight"} <= set(extended.params)
     assert hparams["nst_weight"] == extended.params["nst_weight"] > 0
     assert compose(["study.search_objectives=[hidden,noise]"]).study.search_objectives == ["hidden", "noise"]
+
+
+def test_every_student_config_yields_its_fixed_hyper_parameters() -> None:
+    from studies.run import fixed_hparams
+
+    for name in group_options("student"):
+        fixed = fixed_hparams(compose([f"student={name}"]).student)
+        assert isinstance(fixed, dict) and "name" not in fixed and "hparams" not in fixed
+    assert fixed_hparams(compose(["student=lgbm", "student.hparams.n_estimators=100"]).student) == {
+        "n_estimators": 100
+    }
+    assert fixed_hparams(compose(["student=chain"]).student)["links"] == ["bert", "bilstm"]

@@ -157,3 +157,17 @@ def test_binary_logits_are_symmetric_margins(cache: TransferCache) -> None:
     student, _ = fitted("tree", cache)
     logits = student.predict_logits(cache.dev_texts)
     np.testing.assert_allclose(logits[:, 0], -logits[:, 1])
+
+
+def test_tree_study_end_to_end_logs_its_explanations(tiny_overrides: list[str]) -> None:
+    """A forest student through the real study runner: empty ``hparams`` config, explanations in MLflow."""
+    import mlflow
+
+    from studies.config import compose
+    from studies.run import run_study
+
+    overrides = [o for o in tiny_overrides if not o.startswith("student.hparams.epochs")]
+    result = run_study(compose([*overrides, "student=tree", "study.n_trials=1"]))
+    assert result.n_finished == 1 and result.best_run_id
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.best_run_id, "explanations")}
+    assert {"explanations/top_features.md", "explanations/tree_rules.txt"} <= artifacts
