@@ -141,7 +141,5 @@ def test_every_student_config_yields_its_fixed_hyper_parameters() -> None:
     for name in group_options("student"):
         fixed = fixed_hparams(compose([f"student={name}"]).student)
         assert isinstance(fixed, dict) and "name" not in fixed and "hparams" not in fixed
-    assert fixed_hparams(compose(["student=lgbm", "student.hparams.n_estimators=100"]).student) == {
-        "n_estimators": 100
-    }
+    assert fixed_hparams(compose(["student=lgbm", "student.hparams.n_estimators=100"]).student) == {"n_estimators": 100}
     assert fixed_hparams(compose(["student=chain"]).student)["links"] == ["bert", "bilstm"]
