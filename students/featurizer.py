@@ -17,13 +17,15 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from transfer.settings import FromMapping
+
 # Words with inner apostrophes ("don't", "n't", "'s") and single punctuation marks ("!", "?")
 # stay tokens: both carry sentiment/grammaticality signal that sklearn's default pattern drops.
 WORD_PATTERN = r"(?u)\w+(?:'\w+)?|'\w+|[^\w\s]"
 
 
 @dataclass
-class FeaturizerConfig:
+class FeaturizerConfig(FromMapping):
     """Hyper-parameters of the featuriser; a ``*_max_features`` of 0 turns that part off."""
 
     word_max_features: int = 10000
@@ -33,11 +35,6 @@ class FeaturizerConfig:
     char_ngram_max: int = 4
     min_df: int = 2
     sublinear_tf: bool = True
-
-    @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> FeaturizerConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in hparams.items() if k in names})
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

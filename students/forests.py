@@ -102,7 +102,7 @@ class ForestStudent(Student):
     # -- Student interface -------------------------------------------------------------------
     def fit(self, cache: TransferCache, dev: DevSet | None = None, report: Reporter | None = None) -> ForestStudent:
         self.label_names = list(cache.label_names)
-        self.featurizer = NgramFeaturizer(FeaturizerConfig.from_hparams(self.hparams))
+        self.featurizer = NgramFeaturizer(FeaturizerConfig.from_mapping(self.hparams))
         x = self.featurizer.fit_transform(cache.texts)
         y = self.targets(np.asarray(cache.logits, dtype=np.float32))
         dev_x = self.featurizer.transform(dev.split.texts) if dev is not None else None

@@ -120,7 +120,7 @@ class NeuralStudent(Student):
                 emb[:rows] = torch.from_numpy(np.asarray(matrix[:rows], dtype=np.float32))
         acts = cache.activations
         objective: DistillationObjective | CombinedObjective = DistillationObjective(
-            ObjectiveConfig.from_hparams(self.hparams),
+            ObjectiveConfig.from_mapping(self.hparams),
             student_dim=self.module.sentence_dim,
             teacher_dim=None if acts is None else int(acts.shape[-1]),
         )
@@ -139,7 +139,7 @@ class NeuralStudent(Student):
             self.module,
             objective,
             data,
-            LoopConfig.from_hparams(self.hparams),
+            LoopConfig.from_mapping(self.hparams),
             pad_id=self.pad_id,
             device=self.device,
             evaluate=evaluate,

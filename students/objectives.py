@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer.settings import FromMapping
+
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(FromMapping):
     kd_weight: float = 1.0
     temperature: float = 2.0
     mse_weight: float = 0.0
@@ -47,11 +49,6 @@ class ObjectiveConfig:
     ab_margin: float = 1.0  # μ of the activation-boundary hinge
     noise_prob: float = 0.0  # noisy teacher: probability that a training batch gets perturbed logits (0 = off)
     noise_scale: float = 0.1  # noisy teacher: σ of the relative Gaussian perturbation
-
-    @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> ObjectiveConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in hparams.items() if k in names})
 
     @classmethod
     def hparam_names(cls) -> set[str]:

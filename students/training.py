@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from students.objectives import DistillationObjective, StudentOutput
 from transfer.batching import bucketed_batches, pad_batch
+from transfer.settings import FromMapping
 
 
 class CombinedObjective(nn.Module):
@@ -57,7 +58,7 @@ def default_device() -> torch.device:
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(FromMapping):
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
@@ -67,11 +68,6 @@ class LoopConfig:
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
     progress: bool = True
-
-    @classmethod
-    def from_hparams(cls, hparams: dict) -> LoopConfig:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in hparams.items() if k in names})
 
 
 @dataclass

@@ -28,11 +28,12 @@ from teachers.tiny import write_tiny_bert
 from transfer.batching import bucketed_batches, pad_batch
 from transfer.errors import KDError
 from transfer.fingerprint import hash_json
+from transfer.settings import FromMapping
 from transfer.tasks import Task
 
 
 @dataclass
-class FineTuneConfig:
+class FineTuneConfig(FromMapping):
     epochs: float = 1.0  # fractions allowed: 0.5 = half an epoch
     lr: float = 1e-4
     batch_size: int = 64
@@ -43,11 +44,6 @@ class FineTuneConfig:
     seed: int = 0
     checkpoint_every: int = 300  # steps
     tiny: dict[str, int] = field(default_factory=dict)  # sizes for teacher.name=tiny
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> FineTuneConfig:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in values.items() if k in names})
 
     def key_fields(self) -> dict[str, Any]:
         """What changes the fine-tuned weights (checkpointing frequency does not)."""

@@ -268,7 +268,7 @@ def test_noisy_kd_gradients_reach_student() -> None:
 def test_new_fields_are_hparams_and_off_by_default() -> None:
     names = ObjectiveConfig.hparam_names()
     assert {"nst_weight", "ab_weight", "ab_margin", "noise_prob", "noise_scale"} <= names
-    cfg = ObjectiveConfig.from_hparams({"nst_weight": 2.0, "epochs": 3})
+    cfg = ObjectiveConfig.from_mapping({"nst_weight": 2.0, "epochs": 3})
     assert cfg.nst_weight == 2.0 and cfg.ab_weight == 0.0 and cfg.noise_prob == 0.0
     assert not DistillationObjective(ObjectiveConfig(), student_dim=H, teacher_dim=None).needs_activations
 
@@ -285,7 +285,7 @@ def test_suggest_objective_default_unchanged_and_extras() -> None:
     params = sample(lambda t: suggest_objective(t, extras=EXTRA_TERMS))
     expected = {"hidden_weight", "hidden_loss", "nst_weight", "ab_weight", "noise_prob", "noise_scale"}
     assert expected <= set(params)
-    cfg = ObjectiveConfig.from_hparams(params)
+    cfg = ObjectiveConfig.from_mapping(params)
     obj = DistillationObjective(cfg, student_dim=4, teacher_dim=H)
     loss, _ = obj(output(torch.randn(B, C), torch.randn(B, 4)), teacher_batch())
     assert math.isfinite(float(loss))
