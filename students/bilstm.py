@@ -15,6 +15,7 @@ from torch import nn
 from students.neural import NeuralStudent, StudentModule
 from students.objectives import StudentOutput, suggest_objective
 from students.registry import register
+from students.training import suggest_loop
 
 
 def masked_pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -100,9 +101,7 @@ class BiLSTMStudent(NeuralStudent):
             "hidden_size": trial.suggest_categorical("hidden_size", [64, 128, 192]),
             "pooling": trial.suggest_categorical("pooling", ["max", "mean", "last"]),
             "mlp_dim": trial.suggest_categorical("mlp_dim", [64, 128, 256]),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
+            **suggest_loop(trial, batch_sizes=[64, 128, 256]),
             **suggest_objective(trial),
         }
 

@@ -17,6 +17,7 @@ from torch import nn
 from students.neural import NeuralStudent, StudentModule
 from students.objectives import StudentOutput, suggest_objective
 from students.registry import register
+from students.training import suggest_loop
 
 WIDTH_SETS = ["1,2,3", "2,3,4", "3,4,5", "2,3,4,5"]
 
@@ -106,9 +107,7 @@ class CNNStudent(NeuralStudent):
             "widths": trial.suggest_categorical("widths", WIDTH_SETS),
             "n_filters": trial.suggest_categorical("n_filters", [50, 100, 200]),
             "mlp_dim": trial.suggest_categorical("mlp_dim", [128, 256, 512]),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.6),
-            "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+            **suggest_loop(trial, batch_sizes=[32, 64, 128], max_dropout=0.6),
             **suggest_objective(trial),
         }
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,3 +185,12 @@ def train_loop(
     model.eval()
     history.seconds = time.perf_counter() - started
     return history
+
+
+def suggest_loop(trial: Any, batch_sizes: Sequence[int], max_dropout: float = 0.5) -> dict[str, Any]:
+    """The training-loop part of a neural student's search space (learning rate, batch size, dropout)."""
+    return {
+        "dropout": trial.suggest_float("dropout", 0.0, max_dropout),
+        "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", list(batch_sizes)),
+    }

@@ -63,9 +63,13 @@ def evaluate_model(
     teacher_dev_logits: np.ndarray,
     params: tuple[int, int],
     latency_samples: int = 50,
+    dev_logits: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The standard metrics of one model on ``task``; ``params`` is (total, non-embedding)."""
-    dev_logits = predict(task.dev.texts)
+    """The standard metrics of one model on ``task``; ``params`` is (total, non-embedding).
+
+    ``dev_logits``: the model's dev logits when already known (the teacher's are in the cache).
+    """
+    dev_logits = predict(task.dev.texts) if dev_logits is None else np.asarray(dev_logits, dtype=np.float32)
     metrics = {f"dev_{k}": v for k, v in task.score(task.dev.labels, dev_logits.argmax(1)).items()}
     metrics["dev_agreement"] = agreement(dev_logits, teacher_dev_logits)
     if task.test is not None and len(task.test):

@@ -90,7 +90,12 @@ def prepare(cfg: DictConfig) -> Prepared:
         sort_by_length=bool(cfg.transfer.sort_by_length),
     )
     metrics = evaluate_model(
-        teacher.predict_logits, task, cache.dev_logits, teacher.n_params(), int(cfg.tracking.latency_samples)
+        teacher.predict_logits,
+        task,
+        cache.dev_logits,
+        teacher.n_params(),
+        int(cfg.tracking.latency_samples),
+        dev_logits=cache.dev_logits,  # the cache has them: the teacher does not label dev again
     )
     metrics["train_seconds"] = float(teacher.record.get("train_seconds", 0.0))
     return Prepared(cfg, task, teacher, cache, metrics)
