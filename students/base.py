@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -24,6 +24,39 @@ if TYPE_CHECKING:
 
 # Called after each epoch (or boosting round) with (step, dev score); may raise optuna.TrialPruned.
 Reporter = Callable[[int, float], None]
+
+# Settings that decide how a student runs, never what it learns: not hyper-parameters, so they
+# never enter student.json, a fingerprint or a cache key.
+RUNTIME_KEYS = ("device", "progress")
+
+
+@dataclass
+class Runtime:
+    """Where and how visibly a student trains: ``device`` None/"auto" = a GPU when present."""
+
+    device: str | None = None
+    progress: bool = False
+
+    def torch_device(self) -> Any:
+        import torch
+
+        if self.device in (None, "auto"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(str(self.device))
+
+
+@dataclass
+class FitRecord:
+    """Something a fit did that deserves its own tracked run (e.g. one chain link); studies/ logs it.
+
+    Students never talk to the tracker themselves: they return these and the caller decides.
+    """
+
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
 
 
 class ParamCount(NamedTuple):
@@ -48,9 +81,20 @@ class Student(ABC):
     """Base class of every student type. Subclasses set ``name`` and implement the abstract methods."""
 
     name: ClassVar[str] = ""
+    # Whether the dev scores ``fit`` reports come while work remains (epochs, boosting rounds), so
+    # a pruner may stop it early; a one-shot learner reports once, after all its work is done.
+    reports_while_training: ClassVar[bool] = True
 
     def __init__(self, **hparams: Any) -> None:
+        for key in RUNTIME_KEYS:  # tolerated for students saved before runtime settings moved out
+            hparams.pop(key, None)
         self.hparams: dict[str, Any] = {**self.default_hparams(), **hparams}
+        self.runtime = Runtime()
+
+    def with_runtime(self, device: str | None = None, progress: bool = False) -> Student:
+        """Set where and how visibly this student trains (not a hyper-parameter); returns ``self``."""
+        self.runtime = Runtime(device=device, progress=progress)
+        return self
 
     # -- hyper-parameters -------------------------------------------------------------------
     @classmethod
@@ -60,8 +104,22 @@ class Student(ABC):
 
     @classmethod
     @abstractmethod
-    def search_space(cls, trial: optuna.Trial) -> dict[str, Any]:
-        """Sample this student's hyper-parameters from an Optuna trial."""
+    def search_space(cls, trial: optuna.Trial, extras: Sequence[str] = ()) -> dict[str, Any]:
+        """Sample this student's hyper-parameters from an Optuna trial.
+
+        ``extras``: optional distillation terms to search too (``study.search_objectives``);
+        students without a distillation objective ignore them.
+        """
+
+    @classmethod
+    def hparam_names(cls) -> set[str]:
+        """Every hyper-parameter this student understands (fixing any other is a mistake)."""
+        return set(cls.default_hparams())
+
+    @classmethod
+    def unknown_hparams(cls, names: Sequence[str]) -> list[str]:
+        """The ``names`` this student does not understand (a misspelt fixed value would be ignored)."""
+        return sorted(set(names) - cls.hparam_names())
 
     # -- learning and inference -------------------------------------------------------------
     @abstractmethod
@@ -74,6 +132,14 @@ class Student(ABC):
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict_logits(texts).argmax(axis=1)
+
+    def fit_records(self) -> list[FitRecord]:
+        """What the last ``fit`` wants tracked beside the student's own run (default: nothing)."""
+        return []
+
+    def fit_metrics(self) -> dict[str, float]:
+        """Scalars about the last ``fit`` worth logging with the student's metrics (e.g. best epoch)."""
+        return {}
 
     @abstractmethod
     def n_params(self) -> ParamCount:

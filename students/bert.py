@@ -14,6 +14,7 @@ Besides the logit objective it can match the teacher's cached per-layer activati
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +137,7 @@ class BertStudent(NeuralStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         init = trial.suggest_categorical("init", ["teacher", "random"])
         space: dict[str, Any] = {"init": init, "num_layers": trial.suggest_int("num_layers", 1, 4)}
         if init == "teacher":
@@ -154,7 +155,7 @@ class BertStudent(NeuralStudent):
             "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64]),
             "layer_weight": trial.suggest_float("layer_weight", 0.0, 1.0),
             "layer_loss": trial.suggest_categorical("layer_loss", ["mse", "cosine"]),
-            **suggest_objective(trial),
+            **suggest_objective(trial, extras),
         }
 
     # -- architecture ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the student begins from the teacher's lexical knowledge at no extra cost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,18 +18,27 @@ from students.objectives import StudentOutput, suggest_objective
 from students.registry import register
 from students.training import suggest_loop
 
+POOLINGS = ("max", "mean", "last")
+
 
 def masked_pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool [B, T, D] over the non-padding positions: 'max', 'mean' or 'last' (final real token)."""
+    """Pool [B, T, D] over the non-padding positions: 'max' or 'mean' ('last' needs the final states)."""
     m = mask.unsqueeze(-1).to(states.dtype)
     if how == "mean":
         return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
     if how == "max":
         return states.masked_fill(m == 0, torch.finfo(states.dtype).min).max(1).values
-    if how == "last":
-        last = (mask.sum(1) - 1).clamp(min=0)
-        return states[torch.arange(states.size(0), device=states.device), last]
-    raise ValueError(f"unknown pooling {how!r} (expected max, mean or last)")
+    raise ValueError(f"unknown pooling {how!r} (expected one of {', '.join(POOLINGS)})")
+
+
+def final_states(h_n: torch.Tensor) -> torch.Tensor:
+    """'last' pooling: each direction's own final state of the top layer, [B, 2H].
+
+    The forward direction ends at the last real token, the backward one at the first: taking
+    both outputs at the last position would give the backward direction's state after a single
+    token ([SEP], the same for every sentence).
+    """
+    return torch.cat([h_n[-2], h_n[-1]], dim=-1)
 
 
 class BiLSTMModule(StudentModule):
@@ -67,13 +77,13 @@ class BiLSTMModule(StudentModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
         x = self.dropout(self.embedding(input_ids))
         if bool(attention_mask.all()):  # no padding (e.g. batch size 1): packing would only cost time
-            states, _ = self.lstm(x)
+            states, (h_n, _) = self.lstm(x)
         else:
             lengths = attention_mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            states, _ = self.lstm(packed)
+            states, (h_n, _) = self.lstm(packed)
             states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
-        sentence = masked_pool(states, attention_mask, self.pooling)
+        sentence = final_states(h_n) if self.pooling == "last" else masked_pool(states, attention_mask, self.pooling)
         return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
 
 
@@ -95,14 +105,14 @@ class BiLSTMStudent(NeuralStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         return {
             # one layer of at most 192 units: on CPU a wider or deeper LSTM costs as much as the teacher
             "hidden_size": trial.suggest_categorical("hidden_size", [64, 128, 192]),
-            "pooling": trial.suggest_categorical("pooling", ["max", "mean", "last"]),
+            "pooling": trial.suggest_categorical("pooling", list(POOLINGS)),
             "mlp_dim": trial.suggest_categorical("mlp_dim", [64, 128, 256]),
             **suggest_loop(trial, batch_sizes=[64, 128, 256]),
-            **suggest_objective(trial),
+            **suggest_objective(trial, extras),
         }
 
     def build_module(

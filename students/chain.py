@@ -15,16 +15,16 @@ space is each link's own, with parameter names prefixed ``link0.``, ``link1.``, 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from students.base import DevSet, ParamCount, Reporter, Student
+from students.base import DevSet, FitRecord, ParamCount, Reporter, Student
 from students.labeler import StudentLabeler
 from students.registry import build_student, get_student_class, register
+from students.search_space import ConstrainedTrial
 
 if TYPE_CHECKING:
     from transfer.cache import TransferCache, TransferSet
@@ -72,30 +72,6 @@ def split_hparams(hparams: dict[str, Any], n_links: int) -> tuple[dict[str, Any]
     return shared, [{**f, **n} for f, n in zip(flat, nested, strict=True)]
 
 
-class PrefixedTrial:
-    """Trial proxy for one link: its parameters are suggested as "<prefix><name>".
-
-    Values fixed for this link (or shared by every link) are returned without sampling.
-    """
-
-    def __init__(self, trial: Any, prefix: str, fixed: dict[str, Any]) -> None:
-        self._trial = trial
-        self._prefix = prefix
-        self._fixed = fixed
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._trial, name)
-        if not name.startswith("suggest_"):
-            return attr
-
-        def suggest(param: str, *args: Any, **kwargs: Any) -> Any:
-            if param in self._fixed:
-                return self._fixed[param]
-            return attr(self._prefix + param, *args, **kwargs)
-
-        return suggest
-
-
 def transfer_set_of(cache: TransferCache) -> TransferSet:
     """The transfer set a cache was built from (same texts, labels and description, so the same data key)."""
     from transfer.cache import TransferSet
@@ -108,6 +84,8 @@ def transfer_set_of(cache: TransferCache) -> TransferSet:
         label_names=list(cache.label_names),
         task=str(cache.manifest.get("task", "")),
         description=dict(cache.manifest.get("transfer") or {}),
+        test_texts=list(cache.test_texts),
+        test_labels=np.asarray(cache.test_labels if cache.test_labels is not None else [], dtype=np.int64),
     )
 
 
@@ -121,12 +99,6 @@ def _offset_report(report: Reporter | None, offset: int) -> Reporter | None:
     return shifted
 
 
-def _active_mlflow() -> Any:
-    """The mlflow module when a run is active (no run can be active if mlflow was never imported)."""
-    mlflow = sys.modules.get("mlflow")
-    return mlflow if mlflow is not None and mlflow.active_run() is not None else None
-
-
 @register("chain")
 class ChainStudent(Student):
     """Teacher-assistant chain; ``links`` lists the student types, first (closest to the teacher) to last."""
@@ -137,22 +109,37 @@ class ChainStudent(Student):
         self.links: list[Student] = []
         self.cache_keys: list[str] = []  # the cache each link learned from
         self.dev_scores: list[float] = []
+        self._records: list[FitRecord] = []
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
         return {"links": ["bert", "bilstm"]}
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
-        # Fixed values reach us through studies.search.FixedParamsTrial; nested "link0: {...}"
-        # overrides and shared keys are resolved here so they are not sampled.
-        fixed = dict(getattr(trial, "_fixed", None) or {})
+    def unknown_hparams(cls, names: Sequence[str]) -> list[str]:
+        """A shared name must be known by some link type, ``link<i>.<name>`` by link i's type."""
+        types = [get_student_class(n) for n in sorted({n for c in LINK_CHOICES for n in parse_links(c)})]
+        unknown = []
+        for key in names:
+            found = _link_index(key)
+            if key == "links" or (found is not None and not found[1]):
+                continue  # the link list, or a nested "link0: {...}" mapping (checked when split)
+            name = found[1] if found is not None else key
+            if not any(name in t.hparam_names() for t in types):
+                unknown.append(key)
+        return sorted(unknown)
+
+    @classmethod
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
+        # Shared keys and nested "link0: {...}" values fixed by the study are resolved per link here,
+        # so they are not sampled; fixed "link0.<name>" values are resolved by the study's trial.
+        fixed = dict(getattr(trial, "fixed", None) or {})
         links = parse_links(trial.suggest_categorical("links", LINK_CHOICES))
         shared, per_link = split_hparams(fixed, len(links))
         space: dict[str, Any] = {"links": links}
         for i, name in enumerate(links):
-            proxy = PrefixedTrial(trial, f"link{i}.", {**shared, **per_link[i]})
-            space |= {f"link{i}.{k}": v for k, v in get_student_class(name).search_space(proxy).items()}
+            proxy = ConstrainedTrial(trial, {**shared, **per_link[i]}, prefix=f"link{i}.")
+            space |= {f"link{i}.{k}": v for k, v in get_student_class(name).search_space(proxy, extras).items()}
         return space
 
     def link_hparams(self, i: int) -> dict[str, Any]:
@@ -169,10 +156,11 @@ class ChainStudent(Student):
         from transfer.cache import get_or_build_cache
 
         names = self.hparams["links"]
-        self.links, self.cache_keys, self.dev_scores = [], [], []
+        self.links, self.cache_keys, self.dev_scores, self._records = [], [], [], []
         current, parent_key = cache, ""
         for i, name in enumerate(names):
             link = build_student(name, **self.link_hparams(i))
+            link.with_runtime(self.runtime.device, self.runtime.progress)
             link.fit(current, dev, _offset_report(report, i * LINK_STEP_OFFSET))
             score = self._dev_score(link, current, dev)
             self.links.append(link)
@@ -183,19 +171,20 @@ class ChainStudent(Student):
                 # The assistant labels the same transfer set; its cache sits beside the teacher's.
                 labeler = StudentLabeler(link, assets_from=current.assets)
                 produced = get_or_build_cache(labeler, transfer_set_of(current), current.path.parent)
-            self._log_link(i, link, current, parent_key, score, produced)
+            self._records.append(self._link_record(i, link, current, parent_key, score, produced))
             if produced is not None:
                 current, parent_key = produced, current.key
-        mlflow = _active_mlflow()
-        if mlflow is not None:
-            mlflow.set_tags(
-                {
-                    "chain": self.description,
-                    "chain_links": ",".join(names),
-                    "chain_cache_keys": ",".join(self.cache_keys),
-                }
-            )
         return self
+
+    def with_runtime(self, device: str | None = None, progress: bool = False) -> ChainStudent:
+        super().with_runtime(device, progress)
+        for link in self.links:  # loaded links follow the chain's runtime
+            link.with_runtime(device, progress)
+        return self
+
+    def fit_records(self) -> list[FitRecord]:
+        """One record per link (its cache, hyper-parameters, dev score, curves): studies/ logs them."""
+        return list(self._records)
 
     @staticmethod
     def _dev_score(link: Student, cache: TransferCache, dev: DevSet | None) -> float:
@@ -207,7 +196,7 @@ class ChainStudent(Student):
         known = labels >= 0
         return float((pred[known] == labels[known]).mean()) if known.any() else float("nan")
 
-    def _log_link(
+    def _link_record(
         self,
         i: int,
         link: Student,
@@ -215,11 +204,8 @@ class ChainStudent(Student):
         parent_key: str,
         score: float,
         produced: TransferCache | None,
-    ) -> None:
-        """One nested MLflow run per link (when a run is active), so the whole chain is visible."""
-        mlflow = _active_mlflow()
-        if mlflow is None:
-            return
+    ) -> FitRecord:
+        """What link ``i`` learned from and how it did, so the whole chain can be tracked."""
         tags = {
             "role": "chain_link",
             "chain": self.description,
@@ -231,17 +217,23 @@ class ChainStudent(Student):
         }
         if produced is not None:
             tags["labels_cache_key"] = produced.key
-        with mlflow.start_run(run_name=f"chain-link{i}-{link.name}", nested=True, tags=tags):
-            mlflow.log_params({k: str(v)[:500] for k, v in link.hparams.items()})
-            count = link.n_params()
-            mlflow.log_metrics(
-                {"dev_score": score, "params_total": count.total, "params_non_embedding": count.non_embedding}
-            )
-            history = getattr(link, "history", None)
-            for record in getattr(history, "epochs", None) or []:
-                for key in ("train_loss", "dev_score"):
-                    if key in record:
-                        mlflow.log_metric(f"epoch_{key}", record[key], step=record["epoch"])
+        count = link.n_params()
+        curves: dict[str, list[tuple[int, float]]] = {}
+        history = getattr(link, "history", None)
+        for record in getattr(history, "epochs", None) or []:
+            for key in ("train_loss", "dev_score"):
+                if key in record:
+                    curves.setdefault(f"epoch_{key}", []).append((int(record["epoch"]), float(record[key])))
+        return FitRecord(
+            name=f"chain-link{i}-{link.name}",
+            tags=tags,
+            params=dict(link.hparams),
+            metrics={"dev_score": score, "params_total": count.total, "params_non_embedding": count.non_embedding},
+            curves=curves,
+        )
+
+    def fit_metrics(self) -> dict[str, float]:
+        return {f"link{i}_dev_score": s for i, s in enumerate(self.dev_scores)}
 
     # -- inference ---------------------------------------------------------------------------
     def _last(self) -> Student:

@@ -102,13 +102,13 @@ class CNNStudent(NeuralStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         return {
             "widths": trial.suggest_categorical("widths", WIDTH_SETS),
             "n_filters": trial.suggest_categorical("n_filters", [50, 100, 200]),
             "mlp_dim": trial.suggest_categorical("mlp_dim", [128, 256, 512]),
             **suggest_loop(trial, batch_sizes=[32, 64, 128], max_dropout=0.6),
-            **suggest_objective(trial),
+            **suggest_objective(trial, extras),
         }
 
     def build_module(

@@ -209,7 +209,7 @@ class LGBMStudent(ForestStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         return {
             **cls.suggest_features(trial, word=[2000, 5000, 10000, 20000], char=None),
             "n_estimators": trial.suggest_int("n_estimators", 100, 300, step=100),
@@ -346,6 +346,7 @@ def tree_params(estimator: Any) -> int:
 
 
 class SklearnTreeStudent(ForestStudent):
+    reports_while_training = False  # one dev score after all trees are grown: nothing left to prune
     """One multi-output scikit-learn regressor (a forest or a single tree) in ``self.models[0]``."""
 
     @abstractmethod
@@ -408,7 +409,7 @@ class ForestEnsembleStudent(SklearnTreeStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         return {
             **cls.suggest_features(trial, word=[2000, 5000, 10000], char=[0, 2000, 5000]),
             "kind": trial.suggest_categorical("kind", ["random", "extra"]),
@@ -452,7 +453,7 @@ class TreeStudent(SklearnTreeStudent):
         }
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
         return {
             **cls.suggest_features(trial, word=[2000, 5000, 10000], char=[0, 2000, 5000]),
             "max_depth": trial.suggest_int("max_depth", 3, 12),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
-from students.training import CombinedObjective, History, LoopConfig, TrainingData, default_device, train_loop
+from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
 
 if TYPE_CHECKING:
@@ -48,24 +49,27 @@ class NeuralStudent(Student):
         self.tokenizer: Any = None
         self.arch: dict[str, Any] = {}
         self.history: History | None = None
-        self.device = default_device()
+
+    @property
+    def device(self) -> torch.device:
+        """The runtime's device (``device=`` of the study): never chosen behind the caller's back."""
+        return self.runtime.torch_device()
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
+        """Loop and objective defaults come from their dataclasses (their one home); a student adds its own."""
         return {
-            "epochs": 3,
-            "batch_size": 64,
-            "lr": 1e-3,
-            "weight_decay": 0.01,
-            "warmup_ratio": 0.05,
-            "grad_clip": 1.0,
-            "patience": 2,
+            **asdict(LoopConfig()),
+            **asdict(ObjectiveConfig()),
             "max_length": 64,
-            "seed": 0,
             "embedding_init": "teacher",  # "teacher" (the labeler's WordPiece matrix) | "random"
             "embedding_dim": 300,  # used with random init; teacher init takes the teacher's width
-            **vars(ObjectiveConfig()),
         }
+
+    def fit_metrics(self) -> dict[str, float]:
+        if self.history is None:
+            return {}
+        return {"best_epoch": float(self.history.best_epoch), "epochs_run": float(len(self.history.epochs))}
 
     @abstractmethod
     def build_module(
@@ -144,6 +148,7 @@ class NeuralStudent(Student):
             device=self.device,
             evaluate=evaluate,
             report=report,
+            progress=self.runtime.progress,
         )
         return self
 
@@ -189,3 +194,9 @@ class NeuralStudent(Student):
         self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=None)
         self.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
         self.module.to(self.device).eval()
+
+    def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:
+        super().with_runtime(device, progress)
+        if self.module is not None:  # a loaded student follows its new device
+            self.module.to(self.device)
+        return self

@@ -17,8 +17,8 @@ Optuna may search):
             logit, so one scale suits teachers with large or small logits). Never at evaluation.
 
 ``hidden``, ``nst`` and ``ab`` all read the cached teacher layer ``hidden_layer`` and each has its
-own projection of the student's sentence vector to the teacher's width (identity when the widths
-agree). Terms that need learned parameters (projections) make the objective an ``nn.Module``;
+own learned linear projection of the student's sentence vector to the teacher's width (also when
+the widths agree). Terms that need learned parameters (projections) make the objective an ``nn.Module``;
 its parameters are trained with the student's and thrown away afterwards.
 """
 
@@ -134,8 +134,15 @@ def ab_loss(student: torch.Tensor, teacher: torch.Tensor, margin: float) -> torc
     return loss.mean()
 
 
-def _projection(student_dim: int, teacher_dim: int) -> nn.Module:
-    return nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+def _projection(student_dim: int, teacher_dim: int) -> nn.Linear:
+    """The learned regressor from the student's sentence vector to the teacher's layer (FitNets).
+
+    Always learned, also when the widths agree: student unit i has no reason to mean what
+    teacher unit i means, and an identity would force it to. Being linear (unbounded), its
+    output can also meet any activation-boundary margin, although a BiLSTM's or a tanh-bounded
+    student's own activations never exceed 1.
+    """
+    return nn.Linear(student_dim, teacher_dim)
 
 
 class DistillationObjective(nn.Module):
@@ -147,6 +154,8 @@ class DistillationObjective(nn.Module):
         self.hidden_proj: nn.Module | None = None
         self.nst_proj: nn.Module | None = None
         self.ab_proj: nn.Module | None = None
+        if config.ab_weight > 0 and config.ab_margin <= 0:
+            raise ValueError(f"ab_margin must be positive (got {config.ab_margin}): it is the hinge's μ")
         for name in ("hidden", "nst", "ab"):
             if getattr(config, f"{name}_weight") > 0:
                 if teacher_dim is None:
@@ -198,16 +207,14 @@ class DistillationObjective(nn.Module):
 EXTRA_TERMS = ("hidden", "nst", "ab", "noise")
 
 
-def suggest_objective(trial: Any, extras: Sequence[str] | None = None) -> dict[str, Any]:
+def suggest_objective(trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
     """The shared part of every neural student's search space: how much of each signal to use.
 
-    ``extras`` adds the optional terms to the search (any of ``EXTRA_TERMS``); when not given, the
-    trial's ``objective_extras`` (set from ``study.search_objectives`` by the study runner) decide,
-    else only the logit/label terms are searched. The ranges are starting points: ``nst`` is a
-    bounded Gram-matrix distance (≤ 4) hence a larger weight, ``ab`` is ≈ μ² per wrong sign.
+    ``extras`` (``study.search_objectives``) adds optional terms to the search (any of
+    ``EXTRA_TERMS``); without them only the logit/label terms are searched. The ranges are starting
+    points: ``nst`` is a bounded Gram-matrix distance (≤ 4) hence a larger weight, ``ab`` is ≈ μ²
+    per wrong sign.
     """
-    if extras is None:
-        extras = tuple(getattr(trial, "objective_extras", ()))
     unknown = sorted(set(extras) - set(EXTRA_TERMS))
     if unknown:
         raise ValueError(f"unknown objective term(s) {unknown}; known: {', '.join(EXTRA_TERMS)}")

@@ -53,13 +53,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite (diverged hyper-parameters)."""
 
 
-def default_device() -> torch.device:
-    """A GPU when one is present, otherwise the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class LoopConfig(FromMapping):
+    """The training loop's hyper-parameters and their defaults: the one place they are written."""
+
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
@@ -68,7 +65,6 @@ class LoopConfig(FromMapping):
     grad_clip: float = 1.0
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
-    progress: bool = True
 
 
 @dataclass
@@ -101,6 +97,7 @@ def train_loop(
     device: torch.device,
     evaluate: Callable[[], float] | None = None,
     report: Callable[[int, float], None] | None = None,
+    progress: bool = False,
 ) -> History:
     """Train ``model`` in place; returns its history and leaves the best-on-dev weights loaded."""
     torch.manual_seed(config.seed)
@@ -139,7 +136,7 @@ def train_loop(
         objective.train()
         running, seen = 0.0, 0
         batches = bucketed_batches(lengths, config.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
         for idx in bar:
             input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
             batch = {"teacher_logits": logits_t[idx].to(device), "labels": labels_t[idx].to(device)}

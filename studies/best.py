@@ -36,6 +36,7 @@ class BestConfig:
     hparams: dict[str, Any]
     trial_run_id: str | None
     hparams_source: str  # "trial" (user attr "hparams") or "params+conf" (reconstructed, older studies)
+    search_seeds: tuple[int, ...] = ()  # seeds the study's trials trained with: a retrain must not reuse them
 
     def config_hash(self, cache_key: str) -> str:
         """Identity of a retrain, seed excluded: same hash = same student, same data, same settings."""
@@ -127,6 +128,11 @@ def find_studied(
         if student in best and best[student].value >= float(trial.value or 0.0):
             continue
         hparams, source = recover_hparams(student, trial)
+        used = {
+            int(t.user_attrs["hparams"]["seed"])
+            for t in study.get_trials(deepcopy=False)
+            if isinstance(t.user_attrs.get("hparams"), dict) and "seed" in t.user_attrs["hparams"]
+        }
         best[student] = BestConfig(
             student=student,
             study_name=summary.study_name,
@@ -135,15 +141,48 @@ def find_studied(
             hparams=hparams,
             trial_run_id=trial.user_attrs.get("mlflow_run_id"),
             hparams_source=source,
+            search_seeds=tuple(sorted(used | {int(hparams.get("seed", 0))})),
         )
     missing = {s: "study has no complete trial" if s in without_trials else "no study" for s in wanted if s not in best}
     return Studied(best=[best[s] for s in sorted(best)], missing=missing)
 
 
-def no_study_error(task: str, cache_key: str, storage_url: str, overrides: list[str]) -> KDError:
+def studies_of_task(storage: optuna.storages.BaseStorage | str, task: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, attributes) of every study of ``task`` in the storage, whatever its teacher or cache."""
+    return [
+        (s.study_name, dict(s.user_attrs))
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if s.user_attrs.get("task") == task or s.study_name.startswith(f"{task}-")
+    ]
+
+
+def check_studies_exist(
+    storage: optuna.storages.BaseStorage | str, task: str, teacher_key: str, storage_url: str, overrides: list[str]
+) -> None:
+    """Before preparing anything: is there a study of this task made with this teacher at all?
+
+    Without this, ``studies.compare task=trec`` with settings no study used would fine-tune a new
+    teacher and label a cache, only to find no study on them.
+    """
+    found = studies_of_task(storage, task)
+    if not found:
+        every = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        listing = ", ".join(every) if every else "none"
+        raise no_study_error(task, "(any)", storage_url, overrides, f"studies in the storage: {listing}")
+    keys = {attrs.get("teacher_key") for _, attrs in found}
+    if None not in keys and teacher_key not in keys:
+        listing = "; ".join(f"{name} (teacher {attrs.get('teacher_key')})" for name, attrs in found)
+        raise KDError(
+            f"no study of task {task!r} used this teacher configuration (teacher key {teacher_key}); "
+            f"studies of {task}: {listing}. Give the same teacher.* and data.* settings as the study you want."
+        )
+
+
+def no_study_error(task: str, cache_key: str, storage_url: str, overrides: list[str], listing: str = "") -> KDError:
     """The error when nothing at all was studied: say which command makes a study first."""
     extra = " ".join(o for o in overrides if not re.match(r"^(compare|probe)\.", o) and not o.startswith("task="))
     return KDError(
-        f"no Optuna study of task {task!r} on transfer cache {cache_key} in {storage_url}; run a study first, e.g. "
-        f"python -m studies.run task={task} student=bilstm {extra}".rstrip()
+        f"no Optuna study of task {task!r} on transfer cache {cache_key} in {storage_url}"
+        + (f" ({listing})" if listing else "")
+        + f"; run a study first, e.g. python -m studies.run task={task} student=bilstm {extra}".rstrip()
     )

@@ -14,7 +14,6 @@ import logging
 import math
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +63,35 @@ class Comparison:
     markdown: str
 
 
-def seeds_of(cfg: DictConfig) -> list[int]:
-    """``compare.seeds``: a count K (seeds cfg.seed … cfg.seed+K-1) or an explicit list."""
+FRESH_SEED_START = 1000  # retrain seeds count up from here, skipping any seed a search trained with
+
+
+def seeds_of(cfg: DictConfig, used: Sequence[int] = ()) -> list[int]:
+    """``compare.seeds``: a count K (the first K seeds from 1000 that the search never used) or an explicit list.
+
+    A trial's own seed is the lucky draw it was selected for: retraining with it would report the
+    selection's luck again. An explicit list that contains a search seed is refused.
+    """
     value = cfg.compare.seeds
+    taken = set(int(u) for u in used)
     if isinstance(value, int):
         if value < 1:
             raise KDError(f"compare.seeds must be at least 1, got {value}")
-        return [int(cfg.seed) + i for i in range(value)]
-    return [int(s) for s in value]
+        seeds: list[int] = []
+        candidate = FRESH_SEED_START
+        while len(seeds) < value:
+            if candidate not in taken:
+                seeds.append(candidate)
+            candidate += 1
+        return seeds
+    seeds = [int(s) for s in value]
+    reused = sorted(taken & set(seeds))
+    if reused:
+        raise KDError(
+            f"compare.seeds={seeds} contains seed(s) {reused} that the search already trained with; "
+            "retrain on seeds the search never used (e.g. compare.seeds=3 picks them)"
+        )
+    return seeds
 
 
 def dir_size(path: str | Path) -> int:
@@ -94,51 +114,31 @@ def find_seed_run(experiment: str, tags: dict[str, str], needed: Sequence[str]) 
     return None
 
 
-def latencies(student: Student, prep: Any, batch: int) -> dict[str, float]:
-    """Batch-1 and batch-``batch`` latency, measured like the teacher's (same texts, same samples)."""
-    from studies.evaluate import latency_ms
-
-    samples = int(prep.cfg.tracking.latency_samples)
-    texts = prep.task.dev.texts
-    return {
-        "latency_ms_b1": latency_ms(student.predict_logits, texts, samples),
-        f"latency_ms_b{batch}": latency_ms(student.predict_logits, texts, samples, batch),
-    }
-
-
 def train_seed(prep: Any, best: BestConfig, seed: int, batch: int, log_model: bool) -> dict[str, float]:
     """Fit the best configuration with ``seed``, measure it the way every model is measured, log its model."""
-    import mlflow
+    from studies.measure import fit_and_measure
+    from studies.tracking import log_student
 
-    from students.registry import get_student_class
-    from studies.evaluate import evaluate_model
-
-    samples = int(prep.cfg.tracking.latency_samples)
-    student = get_student_class(best.student)(**{**best.hparams, "seed": seed, "progress": bool(prep.cfg.progress)})
-    started = time.perf_counter()
-    student.fit(prep.cache, prep.dev_set(), None)
-    train_seconds = time.perf_counter() - started
-    metrics = evaluate_model(student.predict_logits, prep.task, prep.cache.dev_logits, student.n_params(), samples)
-    metrics |= latencies(student, prep, batch)
+    measured = fit_and_measure(prep, best.student, {**best.hparams, "seed": seed}, batch_latency=batch)
     with tempfile.TemporaryDirectory() as tmp:
-        saved = student.save(Path(tmp) / "student")
-        metrics["size_bytes"] = float(dir_size(saved))
-        if log_model:
-            mlflow.log_artifacts(str(saved), "student")
-            mlflow.set_tag("has_model", "true")
-    metrics["train_seconds"] = train_seconds
-    return metrics
+        measured.metrics["size_bytes"] = float(dir_size(measured.student.save(Path(tmp) / "student")))
+    if log_model:
+        log_student(measured.student, "student")
+    return measured.metrics
 
 
 def remeasure(run: Any, prep: Any, batch: int) -> dict[str, float] | None:
-    """Latencies of a reused run's saved model, measured now: in the same process as the teacher's."""
+    """Latencies of a reused run's saved model, measured now beside the teacher (same process, same minutes)."""
     import mlflow
+
+    from studies.measure import latency_beside_teacher
 
     if run.data.tags.get("has_model") != "true":
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="student", dst_path=tmp)
-        return latencies(Student.load(local), prep, batch)
+        student = Student.load(local).with_runtime(None, False)
+        return latency_beside_teacher(student, prep) | latency_beside_teacher(student, prep, batch)
 
 
 def seed_result(prep: Any, experiment: str, best: BestConfig, chash: str, seed: int, batch: int) -> SeedResult:
@@ -155,7 +155,7 @@ def seed_result(prep: Any, experiment: str, best: BestConfig, chash: str, seed: 
         "config_hash": chash,
         "cache_key": prep.cache.key,
     }
-    needed = [prep.metric, "dev_agreement", "latency_ms_b1", f"latency_ms_b{batch}", "size_bytes", "train_seconds"]
+    needed = [prep.report_metric, "test_agreement", "latency_ratio_teacher", "size_bytes", "train_seconds"]
     existing = find_seed_run(experiment, tags, needed)
     if existing is not None:
         fresh = remeasure(existing, prep, batch)
@@ -191,7 +191,7 @@ def columns_for(metric: str, batch: int) -> list[Column]:
         Column("n", "seeds", "d"),
         Column(metric, metric.replace("_", " "), ".4f"),
         Column("pct_of_teacher", "% of teacher", ".1f"),
-        Column("dev_agreement", "agreement", ".3f"),
+        Column("test_agreement", "test agreement", ".3f"),
         Column("params_total", "params", ",.0f"),
         Column("params_non_embedding", "params non-emb.", ",.0f"),
         Column("latency_ms_b1", "latency b1 ms", ".2f"),
@@ -211,7 +211,11 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def student_row(result: StudentResult, teacher: dict[str, float], metric: str, batch: int) -> dict[str, Cell]:
-    """Mean ± sd over seeds; % of teacher = mean / teacher score; speed-up = teacher latency / mean latency."""
+    """Mean ± sd over seeds; % of teacher = mean / teacher score; speed-up = mean of the per-seed ratios.
+
+    Each seed's ratio comes from the teacher and that student timed side by side (alternating
+    blocks), so the speed-up never divides figures taken minutes apart under other load.
+    """
     runs = [s.metrics for s in result.seeds]
 
     def stat(key: str) -> Stat:
@@ -228,13 +232,13 @@ def student_row(result: StudentResult, teacher: dict[str, float], metric: str, b
         "n": len(runs),
         metric: score,
         "pct_of_teacher": score.scaled(_ratio(100.0, teacher[metric])),
-        "dev_agreement": stat("dev_agreement"),
+        "test_agreement": stat("test_agreement"),
         "params_total": constant_or_stat("params_total"),
         "params_non_embedding": constant_or_stat("params_non_embedding"),
         "latency_ms_b1": b1,
         f"latency_ms_b{batch}": bb,
-        "speedup_b1": _ratio(teacher["latency_ms_b1"], b1.mean),
-        f"speedup_b{batch}": _ratio(teacher[f"latency_ms_b{batch}"], bb.mean),
+        "speedup_b1": stat("latency_ratio_teacher").mean,
+        f"speedup_b{batch}": stat(f"latency_ratio_teacher_b{batch}").mean,
         "size_mb": stat("size_bytes").scaled(1e-6),
         "train_seconds": stat("train_seconds"),
         "study": result.best.study_name,
@@ -252,7 +256,7 @@ def teacher_row(teacher: dict[str, float], metric: str, batch: int, label: str) 
         "n": 1,
         metric: one(metric),
         "pct_of_teacher": Stat(100.0, None, 1),
-        "dev_agreement": one("dev_agreement"),
+        "test_agreement": one("test_agreement"),
         "params_total": one("params_total"),
         "params_non_embedding": one("params_non_embedding"),
         "latency_ms_b1": one("latency_ms_b1"),
@@ -266,6 +270,7 @@ def teacher_row(teacher: dict[str, float], metric: str, batch: int, label: str) 
 
 def render_markdown(
     prep: Any,
+    metric: str,
     columns: list[Column],
     rows: list[dict[str, Cell]],
     results: list[StudentResult],
@@ -284,9 +289,10 @@ def render_markdown(
         "",
         markdown_table(columns, rows),
         "",
-        f"- % of teacher = student mean {prep.metric} / teacher {prep.metric} × 100.",
-        f"- speed-up = teacher latency / student mean latency (batch 1 and batch {batch}, raw text in, logits out, "
-        "median over calls); every latency is measured in this process, reused seed runs through their saved model"
+        f"- % of teacher = student mean {metric} / teacher {metric} × 100.",
+        f"- speed-up = mean over seeds of teacher latency / student latency, both timed side by side in alternating "
+        f"blocks (batch 1 and batch {batch}, raw text in, logits out, median over calls, one thread); "
+        "every latency is measured in this process, reused seed runs through their saved model"
         + (
             f" (except {stale} seed runs without a saved model: their latencies are from when they were trained)."
             if stale
@@ -308,19 +314,24 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     """Retrain (or reuse) every studied student's best config over seeds and write the report."""
     import mlflow
 
-    from studies import search
-    from studies.pipeline import prepare
+    from studies import workers
+    from studies.best import check_studies_exist
+    from studies.pipeline import planned_teacher, prepare
     from studies.tracking import default_storage, setup_mlflow
+    from studies.validate import validate
 
+    validate(cfg)
+    seeds_of(cfg)  # a bad compare.seeds fails now, not after the teacher is prepared
     experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
     setup_mlflow(cfg.tracking.uri, experiment)
-    seeds = seeds_of(cfg)
     batch = int(cfg.compare.batch_latency)
     wanted = as_names(cfg.compare.students)
-    prep = prepare(cfg)
     storage_url = cfg.study.storage or default_storage()
-    storage = search.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    storage = workers.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    check_studies_exist(storage, str(cfg.task.name), planned_teacher(cfg), storage_url, list(overrides))
+    prep = prepare(cfg)
     studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted)
+    seeds = seeds_of(cfg, [s for best in studied.best for s in best.search_seeds])
     if not studied.best:
         if wanted is None and all(why == "no study" for why in studied.missing.values()):
             raise no_study_error(str(cfg.task.name), prep.cache.key, storage_url, list(overrides))
@@ -342,11 +353,11 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
             studied.missing[result.best.student] = "every seed failed: " + "; ".join(result.errors)
     done = [r for r in results if r.seeds]
 
-    metric = prep.metric
+    metric = prep.report_metric  # chosen on dev, reported on test
     columns = columns_for(metric, batch)
     rows = [teacher_row(teacher, metric, batch, prep.teacher_label)]
     rows += [student_row(r, teacher, metric, batch) for r in done]
-    markdown = render_markdown(prep, columns, rows, results, studied.missing, batch)
+    markdown = render_markdown(prep, metric, columns, rows, results, studied.missing, batch)
 
     out_dir = Path(str(cfg.compare.out_dir)) / f"compare-{cfg.task.name}-{prep.teacher_label}-{prep.cache.key[:6]}"
     out_dir.mkdir(parents=True, exist_ok=True)

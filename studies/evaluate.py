@@ -1,8 +1,8 @@
 """One evaluation for every model (teacher or student), so metric names are the same everywhere.
 
-``dev_<metric>`` (every task metric), ``dev_agreement`` (argmax equal to the teacher's),
-``params_total``, ``params_non_embedding``, ``latency_ms_b1`` (median over single-sentence
-calls), and ``test_<metric>`` when the task has a test split.
+``dev_<metric>`` / ``test_<metric>`` (every task metric), ``dev_agreement`` / ``test_agreement``
+(argmax equal to the teacher's), ``params_total``, ``params_non_embedding``, ``latency_ms_b1``
+(median over single-sentence calls). Choices read ``dev_*``; reports read ``test_*``.
 """
 
 from __future__ import annotations
@@ -57,25 +57,68 @@ def agreement(logits: np.ndarray, teacher_logits: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(1) == np.asarray(teacher_logits).argmax(1)).mean())
 
 
+def split_metrics(
+    prefix: str, task: Task, split_labels: np.ndarray, logits: np.ndarray, teacher_logits: np.ndarray | None
+) -> dict[str, float]:
+    """``<prefix>_<metric>`` for every task metric, and ``<prefix>_agreement`` with the teacher's argmax."""
+    logits = np.asarray(logits, dtype=np.float32)
+    metrics = {f"{prefix}_{k}": v for k, v in task.score(split_labels, logits.argmax(1)).items()}
+    if teacher_logits is not None:
+        metrics[f"{prefix}_agreement"] = agreement(logits, teacher_logits)
+    return metrics
+
+
+def side_by_side_latency(
+    models: dict[str, PredictFn],
+    texts: Sequence[str],
+    rounds: int = 8,
+    block: int = 25,
+    warmup: int = 5,
+    batch_size: int = 1,
+) -> dict[str, float]:
+    """Median latency (ms) of each model on batches of ``batch_size`` texts, measured in alternating blocks.
+
+    Alternating spreads machine noise over all models alike, so their ratio holds even on a busy
+    machine; blocks (rather than one call each) keep every model's weights as warm in the CPU
+    caches as they would be when serving alone. One torch thread, as every latency here.
+    """
+    pool = list(texts) or ["a"]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch_threads(LATENCY_THREADS):
+        for r in range(rounds):
+            for name, predict in models.items():
+                for i in range(warmup + block):
+                    start_at = ((r * block + i) * batch_size) % len(pool)
+                    batch = [pool[(start_at + j) % len(pool)] for j in range(batch_size)]
+                    start = time.perf_counter()
+                    predict(batch)
+                    if i >= warmup:
+                        times[name].append((time.perf_counter() - start) * 1000)
+    return {name: float(statistics.median(values)) for name, values in times.items()}
+
+
 def evaluate_model(
     predict: PredictFn,
     task: Task,
     teacher_dev_logits: np.ndarray,
     params: tuple[int, int],
-    latency_samples: int = 50,
+    latency_samples: int | None = 50,
     dev_logits: np.ndarray | None = None,
+    teacher_test_logits: np.ndarray | None = None,
+    test_logits: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The standard metrics of one model on ``task``; ``params`` is (total, non-embedding).
 
-    ``dev_logits``: the model's dev logits when already known (the teacher's are in the cache).
+    ``dev_*`` are what every choice is made on; ``test_*`` are reported only. ``latency_samples``
+    None leaves latency to the caller (students are timed side by side with the teacher). ``dev_logits`` /
+    ``test_logits``: the model's logits when already known (the teacher's are in the cache).
     """
-    dev_logits = predict(task.dev.texts) if dev_logits is None else np.asarray(dev_logits, dtype=np.float32)
-    metrics = {f"dev_{k}": v for k, v in task.score(task.dev.labels, dev_logits.argmax(1)).items()}
-    metrics["dev_agreement"] = agreement(dev_logits, teacher_dev_logits)
-    if task.test is not None and len(task.test):
-        test_logits = predict(task.test.texts)
-        metrics |= {f"test_{k}": v for k, v in task.score(task.test.labels, test_logits.argmax(1)).items()}
+    dev_logits = predict(task.dev.texts) if dev_logits is None else dev_logits
+    test_logits = predict(task.test.texts) if test_logits is None else test_logits
+    metrics = split_metrics("dev", task, task.dev.labels, dev_logits, teacher_dev_logits)
+    metrics |= split_metrics("test", task, task.test.labels, test_logits, teacher_test_logits)
     metrics["params_total"] = float(params[0])
     metrics["params_non_embedding"] = float(params[1])
-    metrics["latency_ms_b1"] = latency_ms(predict, task.dev.texts, samples=latency_samples)
+    if latency_samples:
+        metrics["latency_ms_b1"] = latency_ms(predict, task.dev.texts, samples=latency_samples)
     return metrics

@@ -38,7 +38,13 @@ class Prepared:
 
     @property
     def metric(self) -> str:
+        """What every choice is made on (Optuna's objective, early stopping, the best trial)."""
         return f"dev_{self.task.metric}"
+
+    @property
+    def report_metric(self) -> str:
+        """What is reported (closing lines, tables): the test split, never used for a choice."""
+        return f"test_{self.task.metric}"
 
     @property
     def teacher_label(self) -> str:
@@ -58,7 +64,7 @@ def device_of(cfg: DictConfig) -> str | None:
 def load_configured_task(cfg: DictConfig) -> Task:
     options: dict[str, Any] = {}
     if cfg.task.name == "tsv":
-        options = {"train": cfg.data.train, "dev": cfg.data.dev}
+        options = {"train": cfg.data.train, "dev": cfg.data.dev, "test": cfg.data.get("test")}
     data_dir = str(cfg.data.dir)
     if cfg.task.name != "tsv" and not Path(data_dir).is_dir():
         raise KDError(
@@ -68,12 +74,23 @@ def load_configured_task(cfg: DictConfig) -> Task:
     return load_task(str(cfg.task.name), data_dir, limit=cfg.data.limit, **options)
 
 
+def teacher_config(cfg: DictConfig) -> FineTuneConfig:
+    return FineTuneConfig.from_mapping(OmegaConf.to_container(cfg.teacher, resolve=True))  # type: ignore[arg-type]
+
+
+def planned_teacher(cfg: DictConfig) -> str:
+    """The fine-tuned teacher's key for these settings, without fine-tuning anything."""
+    from teachers.finetune import planned_teacher_key
+
+    task = load_configured_task(cfg)
+    return planned_teacher_key(str(cfg.teacher.name), task, teacher_config(cfg), str(cfg.cache_dir))
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Load the task, get (or fine-tune) the teacher, get (or build) the transfer cache, score the teacher."""
     task = load_configured_task(cfg)
     cache_root = Path(str(cfg.cache_dir))
-    teacher_cfg = FineTuneConfig.from_mapping(OmegaConf.to_container(cfg.teacher, resolve=True))  # type: ignore[arg-type]
-    teacher_cfg.seed = int(cfg.seed)
+    teacher_cfg = teacher_config(cfg)
     teacher = get_teacher(str(cfg.teacher.name), task, teacher_cfg, cache_root, device=device_of(cfg))
     limit = cfg.transfer.get("train_limit")
     transfer_task = replace(task, train=task.train.limit(int(limit))) if limit else task
@@ -95,7 +112,9 @@ def prepare(cfg: DictConfig) -> Prepared:
         cache.dev_logits,
         teacher.n_params(),
         int(cfg.tracking.latency_samples),
-        dev_logits=cache.dev_logits,  # the cache has them: the teacher does not label dev again
+        dev_logits=cache.dev_logits,  # the cache has them: the teacher does not label dev or test again
+        teacher_test_logits=cache.test_logits,
+        test_logits=cache.test_logits,
     )
     metrics["train_seconds"] = float(teacher.record.get("train_seconds", 0.0))
     return Prepared(cfg, task, teacher, cache, metrics)

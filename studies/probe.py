@@ -97,8 +97,8 @@ def best_student(prep: Any, best: BestConfig, experiment: str, first_seed: int) 
     """The trial's logged model if any, else a comparison seed run's model, else a retrain with the first seed."""
     import mlflow
 
-    from students.registry import get_student_class
     from studies.compare import find_seed_run
+    from studies.measure import fit_and_measure
 
     if best.trial_run_id:
         run = mlflow.get_run(best.trial_run_id)
@@ -116,11 +116,8 @@ def best_student(prep: Any, best: BestConfig, experiment: str, first_seed: int) 
     seed_run = find_seed_run(experiment, tags, [])
     if seed_run is not None:
         return ModelSource(best, _download(seed_run.info.run_id), "seed run model")
-    student = get_student_class(best.student)(
-        **{**best.hparams, "seed": first_seed, "progress": bool(prep.cfg.progress)}
-    )
-    student.fit(prep.cache, prep.dev_set(), None)
-    return ModelSource(best, student, f"retrained (seed {first_seed})")
+    measured = fit_and_measure(prep, best.student, {**best.hparams, "seed": first_seed})
+    return ModelSource(best, measured.student, f"retrained (seed {first_seed})")
 
 
 @dataclass
@@ -139,7 +136,8 @@ def probe(cfg: DictConfig, overrides: Sequence[str] = ()) -> ProbeResult:
     """Generate the probing tasks, embed them with every teacher layer and best student, fit the probes, report."""
     import mlflow
 
-    from studies import search
+    from studies import workers
+    from studies.compare import seeds_of
     from studies.pipeline import prepare
     from studies.tracking import default_storage, setup_mlflow
 
@@ -160,7 +158,7 @@ def probe(cfg: DictConfig, overrides: Sequence[str] = ()) -> ProbeResult:
         raise KDError("no probing task could be generated from this task's sentences (too few or too short)")
 
     storage_url = cfg.study.storage or default_storage()
-    storage = search.make_storage(storage_url, int(cfg.study.heartbeat_interval))
+    storage = workers.make_storage(storage_url, int(cfg.study.heartbeat_interval))
     wanted = as_names(pcfg.get("students"))
     studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted)
     if not studied.best:
@@ -178,10 +176,9 @@ def probe(cfg: DictConfig, overrides: Sequence[str] = ()) -> ProbeResult:
     layers = teacher_features(prep.teacher, texts, int(cfg.transfer.label_batch_size), progress)
     for layer in range(layers.shape[1]):
         features[f"teacher L{layer}"] = layers[:, layer]
-    first_seed = int(cfg.seed)
     for best in studied.best:
-        try:
-            source = best_student(prep, best, experiment, first_seed)
+        try:  # the trial's model, else the comparison's first (fresh-seed) run, else that retrain now
+            source = best_student(prep, best, experiment, seeds_of(cfg, best.search_seeds)[0])
         except (KDError, RuntimeError, ValueError, OSError) as err:
             notes.append(f"student {best.student} not probed: {type(err).__name__}: {err}")
             continue

@@ -38,11 +38,21 @@ class StudyResult:
     best_run_id: str | None
     teacher_metrics: dict[str, float]
     n_finished: int
-    metric: str
+    metric: str  # dev_<metric>: what chose the best trial
+    report_metric: str  # test_<metric>: what is reported
 
 
-def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str) -> str:
-    return f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
+def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str, setup: dict[str, Any]) -> str:
+    """``<task>-<teacher>-<student>-<cache>``, plus a hash of the fixed settings when there are any.
+
+    Fixing a hyper-parameter or searching extra objectives is another search: it gets its own
+    study instead of topping up (and mixing with) the plain one.
+    """
+    from studies.search import setup_hash
+
+    name = f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
+    plain = not setup["fixed"] and not setup["search_objectives"]
+    return name if plain else f"{name}-s{setup_hash(setup)}"
 
 
 def fixed_hparams(student_cfg: DictConfig) -> dict[str, Any]:
@@ -69,6 +79,11 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
         mlflow.log_params(flat_params({"teacher": dict(prep.teacher.record.get("finetune", {}))}))
         mlflow.log_params({"teacher.name": str(prep.cfg.teacher.name), "teacher.base": prep.teacher.record.get("base")})
         mlflow.log_metrics({**prep.teacher_metrics, "share_of_teacher": 1.0, "latency_ratio_teacher": 1.0})
+        # the teacher's recipe choice, made on dev like every student's: its epoch curve and the pick
+        for point in prep.teacher.record.get("epochs_scored") or []:
+            mlflow.log_metric(f"epoch_{prep.metric}", point["dev_score"], step=int(point["step"]))
+        if prep.teacher.record.get("chosen_epoch") is not None:
+            mlflow.log_metric("chosen_epoch", float(prep.teacher.record["chosen_epoch"]))
         mlflow.log_dict(prep.teacher.record, "teacher_record.json")
         return run.info.run_id
 
@@ -77,28 +92,31 @@ def run_study(cfg: DictConfig) -> StudyResult:
     import mlflow
     import optuna
 
-    from students.registry import get_student_class
-    from studies import search
+    from studies import search, workers
     from studies.pipeline import load_configured_task, prepare
     from studies.tracking import default_storage, flat_params, git_commit, setup_mlflow
+    from studies.validate import validate
 
-    get_student_class(str(cfg.student.name))  # fail fast on an unknown student or bad data, before heavy work
-    load_configured_task(cfg)
+    fixed = fixed_hparams(cfg.student)
+    validate(cfg, fixed)  # every setting, before any costly work
+    load_configured_task(cfg)  # bad data files, likewise
+    setup = search.study_setup(str(cfg.student.name), fixed, list(cfg.study.get("search_objectives") or ()))
     experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
     tracking_uri = setup_mlflow(cfg.tracking.uri, experiment)
     prep = prepare(cfg)
-    name = cfg.study.name or default_study_name(cfg, prep.teacher_label, prep.cache.key)
+    name = cfg.study.name or default_study_name(cfg, prep.teacher_label, prep.cache.key, setup)
     storage_url = cfg.study.storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     heartbeat = int(cfg.study.heartbeat_interval)
-    storage = search.make_storage(storage_url, heartbeat, tracking_uri)
-    study = search.open_study(name, storage, cfg, prep.cache.key)
-    study.set_user_attr("student", str(cfg.student.name))
+    storage = workers.make_storage(storage_url, heartbeat, tracking_uri)
+    study = search.open_study(
+        name, storage, cfg, prep.cache.key, setup, prep.metric, str(prep.teacher.record.get("key", ""))
+    )
     # one teacher run per experiment even when workers sharing the cache start together
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)
+    workers.close_dead_study_runs(mlflow.get_experiment_by_name(experiment).experiment_id, name)
 
-    fixed = fixed_hparams(cfg.student)
     tags = {
         "study_name": name,
         "cache_key": prep.cache.key,
@@ -118,14 +136,14 @@ def run_study(cfg: DictConfig) -> StudyResult:
         mlflow.log_params({"study.storage_url": storage_url})
         mlflow.log_metrics({f"teacher_{k}": v for k, v in prep.teacher_metrics.items()})
         # Counts every worker's finished and running trials (and fails those of dead workers), so
-        # N workers on one study stop at the target together; see search.needs_more_trials.
-        if search.needs_more_trials(study, target, poll, deadline):
+        # N workers on one study stop at the target together; see workers.needs_more_trials.
+        if workers.needs_more_trials(study, target, poll, deadline):
             study.optimize(
-                search.make_objective(prep, str(cfg.student.name), fixed, tags),
-                n_trials=target - search.finished_trials(study),
+                search.make_objective(prep, str(cfg.student.name), fixed, tags, target),
+                n_trials=target - workers.finished_trials(study),
                 timeout=cfg.study.timeout,
-                callbacks=[_print_trial(prep.metric), search.StopAtTarget(target, poll, deadline)],
-                catch=(),
+                callbacks=[_print_trial(prep.metric), workers.StopAtTarget(target, poll, deadline)],
+                catch=(workers.OverTarget,),
             )
         else:
             print(
@@ -134,7 +152,10 @@ def run_study(cfg: DictConfig) -> StudyResult:
         result = _summarise(study, name, storage_url, tracking_uri, parent.info.run_id, prep)
         if result.best_run_id:
             mlflow.set_tags({"best_run_id": result.best_run_id, "best_trial": str(result.best_trial)})
-            mlflow.log_metric(f"best_{prep.metric}", result.best_value or 0.0)
+            best_metrics = mlflow.get_run(result.best_run_id).data.metrics
+            mlflow.log_metrics(
+                {f"best_{k}": best_metrics[k] for k in (prep.metric, prep.report_metric) if k in best_metrics}
+            )
             _copy_best_model(result.best_run_id)
     return result
 
@@ -153,6 +174,8 @@ def _copy_best_model(run_id: str) -> None:
 
 def _print_trial(metric: str) -> Any:
     def callback(study: Any, trial: Any) -> None:
+        if str(trial.user_attrs.get("fail_reason", "")).startswith("skipped"):
+            return  # ended before any work: another worker's trial reached the target first
         value = f"{metric}={trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
         reason = trial.user_attrs.get("fail_reason", "")
         print(f"trial {trial.number}: {value} {reason}".rstrip(), flush=True)
@@ -177,13 +200,14 @@ def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, pr
         teacher_metrics=prep.teacher_metrics,
         n_finished=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))),
         metric=prep.metric,
+        report_metric=prep.report_metric,
     )
 
 
 def describe(result: StudyResult) -> str:
-    """The closing message: best trial against the teacher, and how to look at everything."""
-    metric = result.metric
-    lines = [f"study {result.study_name!r}: {result.n_finished} finished trials"]
+    """The closing message: the best trial (chosen on dev) against the teacher, on test; how to look at it."""
+    metric, reported = result.metric, result.report_metric
+    lines = [f"study {result.study_name!r}: {result.n_finished} finished trials (complete or pruned)"]
     teacher = result.teacher_metrics
     if result.best_trial is None:
         lines.append("no trial completed (all pruned or failed); see the MLflow runs for reasons")
@@ -191,13 +215,18 @@ def describe(result: StudyResult) -> str:
         import mlflow
 
         m = mlflow.get_run(result.best_run_id).data.metrics if result.best_run_id else {}
-        share = 100 * (result.best_value or 0) / teacher[metric] if teacher[metric] else float("nan")
+        nan = float("nan")
+        test_score, teacher_test = m.get(reported, nan), teacher.get(reported, nan)
+        share = 100 * test_score / teacher_test if teacher_test else nan
         lines.append(
-            f"best trial #{result.best_trial}: {metric}={result.best_value:.4f} "
-            f"({share:.1f}% of the teacher's {teacher[metric]:.4f}); "
-            f"agreement {m.get('dev_agreement', float('nan')):.3f}; "
-            f"batch-1 latency {m.get('latency_ms_b1', float('nan')):.2f} ms vs teacher "
-            f"{teacher['latency_ms_b1']:.2f} ms ({m.get('latency_ratio_teacher', float('nan')):.1f}x faster); "
+            f"best trial #{result.best_trial} (chosen on {metric}={result.best_value:.4f}): "
+            f"{reported}={test_score:.4f} vs the teacher's {reported}={teacher_test:.4f} "
+            f"({share:.1f}% of the teacher); test agreement {m.get('test_agreement', nan):.3f}"
+        )
+        lines.append(
+            f"batch-1 latency {m.get('latency_ms_b1', nan):.2f} ms vs the teacher's "
+            f"{m.get('teacher_latency_ms_b1', nan):.2f} ms measured beside it "
+            f"({m.get('latency_ratio_teacher', nan):.1f}x faster); "
             f"params {int(m.get('params_total', 0)):,} ({int(m.get('params_non_embedding', 0)):,} non-embedding)"
         )
         lines.append(f"best hyper-parameters: {result.best_params}")

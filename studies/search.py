@@ -1,22 +1,17 @@
 """Optuna × MLflow: one Optuna trial = one student fitted on the cache = one nested MLflow run.
 
-The study lives in an Optuna RDB storage (SQLite by default, PostgreSQL/MySQL for many
-workers) with heartbeats, so trials of a killed worker are failed and retried and completed
-trials are never lost. ``study.n_trials`` is the study's target of finished trials: rerunning
-the same command tops the study up instead of repeating it.
+The objective reads top to bottom like Optuna's examples: sample hyper-parameters, fit and
+measure the student (``studies/measure.py``), log it, return its dev score. Everything about
+many workers sharing a study (storage, heartbeats, dead workers, the exact target) lives in
+``studies/workers.py``; a study's identity (cache, student, fixed settings) is checked here.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
 import logging
-import random
-import tempfile
-import time
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import mlflow
@@ -25,196 +20,48 @@ from optuna.trial import TrialState
 
 from students.base import Student
 from students.registry import get_student_class
+from students.search_space import sample_hparams
 from students.training import NonFiniteLoss
-from studies.dblock import driver_url, schema_lock
-from studies.evaluate import evaluate_model
+from studies.measure import fit_and_measure
 from studies.pipeline import Prepared
-from studies.tracking import flat_params
+from studies.tracking import flat_params, log_records, log_student
+from studies.workers import check_under_target
 from transfer.errors import KDError
+from transfer.fingerprint import hash_json
 
 log = logging.getLogger(__name__)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class FixedParamsTrial:
-    """Wraps a trial so hyper-parameters fixed in the config are not searched (nor recorded as sampled)."""
-
-    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any], objective_extras: Sequence[str] = ()) -> None:
-        self._trial = trial
-        self._fixed = fixed
-        self.objective_extras = tuple(objective_extras)  # read by students.objectives.suggest_objective
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._trial, name)
-        if not name.startswith("suggest_"):
-            return attr
-
-        def suggest(param: str, *args: Any, **kwargs: Any) -> Any:
-            return self._fixed[param] if param in self._fixed else attr(param, *args, **kwargs)
-
-        return suggest
+def study_setup(student: str, fixed: dict[str, Any], search_objectives: Sequence[str]) -> dict[str, Any]:
+    """What decides which configurations a study searches: part of its identity, beside the cache."""
+    return {"student": student, "fixed": fixed, "search_objectives": sorted(search_objectives)}
 
 
-def sample_hparams(
-    student_cls: type[Student], trial: optuna.Trial, fixed: dict[str, Any], objective_extras: Sequence[str] = ()
-) -> dict[str, Any]:
-    """The trial's full hyper-parameters: searched ones from the space, fixed ones from the config.
-
-    ``objective_extras`` (``study.search_objectives``) adds optional distillation terms (hidden,
-    nst, ab, noise) to the search space of every neural student.
-    """
-    proxy = FixedParamsTrial(trial, fixed, objective_extras)
-    return {**student_cls.search_space(proxy), **fixed}  # type: ignore[arg-type]
+def setup_hash(setup: dict[str, Any]) -> str:
+    return hash_json(setup, length=6)
 
 
-def make_storage(url: str, heartbeat_interval: int, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
-    """Optuna RDB storage with heartbeats: a trial whose worker died is failed and re-queued (see StaleTrialHandler).
-
-    Safe to call from many workers at once on a fresh database (schema creation is serialised and retried).
-    """
-    import sqlalchemy.exc
-
-    url = driver_url(url)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    attempts = 4
-    for attempt in range(attempts):
-        try:
-            with schema_lock(url, "optuna"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=2 * heartbeat_interval,
-                    heartbeat_stale_trial_callback=StaleTrialHandler(heartbeat_interval, tracking_uri),
-                )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
-            # a race we could not lock out (e.g. MySQL) or a database that is still starting: try again
-            if attempt + 1 < attempts:
-                time.sleep(0.5 * (attempt + 1) + random.random())
-                continue
-            raise KDError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0]}") from err
-        except Exception as err:  # sqlalchemy raises many kinds; the user needs the URL and the reason
-            raise KDError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0]}") from err
-    raise AssertionError("unreachable")
+def _record_once(study: optuna.Study, key: str, value: Any) -> Any:
+    """Set a study attribute unless present; returns the stored value (the first writer wins)."""
+    recorded = study.user_attrs.get(key)
+    if recorded is None:
+        study.set_user_attr(key, value)
+        # Two workers may both have found none: Optuna keeps the first write and silently drops
+        # the other (an ignored unique-key violation), so read back which one won.
+        recorded = study.user_attrs.get(key)
+    return recorded
 
 
-class StaleTrialHandler:
-    """Called (in whichever worker notices) for each trial of a dead worker that Optuna has just failed.
-
-    Optuna notices only when a live worker asks for a trial (``optimize``/``ask``) or calls
-    ``fail_stale_trials``: a trial is stale once its heartbeat is older than the grace period
-    (2 × ``study.heartbeat_interval``). We close the dead trial's MLflow run as FAILED (it would
-    stay RUNNING forever) and re-queue the same hyper-parameters, at most ``max_retry`` times.
-    """
-
-    def __init__(self, heartbeat_interval: int, tracking_uri: str | None, max_retry: int = 2) -> None:
-        self.heartbeat_interval = heartbeat_interval
-        self.tracking_uri = tracking_uri
-        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        reason = f"worker died: no heartbeat for over {2 * self.heartbeat_interval}s"
-        log.warning("study %r, trial %d: %s; marked FAIL and re-queued", study.study_name, trial.number, reason)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and self.tracking_uri:
-            try:
-                client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-                client.set_tag(run_id, "state", "failed")
-                client.set_tag(run_id, "fail_reason", reason)
-                client.set_terminated(run_id, status="FAILED")
-            except Exception as err:  # the study must go on even if MLflow is unreachable
-                log.warning("could not mark MLflow run %s of dead trial %d as failed: %s", run_id, trial.number, err)
-        self._retry(study, trial)
-
-
-def trial_counts(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials of the study, across all workers."""
-    states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
-    finished = sum(state in FINISHED for state in states)
-    return finished, len(states) - finished
-
-
-def fail_orphaned_trials(study: optuna.Study, grace: float) -> None:
-    """Fail (and re-queue) RUNNING trials that never recorded a heartbeat and started over ``grace`` s ago.
-
-    A worker killed between creating a trial and its heartbeat thread's first beat leaves a trial
-    that Optuna's stale check skips (it only looks at trials *with* a heartbeat), so it would stay
-    RUNNING forever and keep the study below its target. Reads Optuna's heartbeat table directly;
-    if Optuna's internals change, this quietly does nothing.
-    """
-    now = datetime.datetime.now()
-    old = {
-        t._trial_id: t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
-    }
-    if not old:
-        return
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a caching layer
-    try:
-        from optuna.storages._rdb import models
-
-        with backend.scoped_session() as session:
-            column = models.TrialHeartbeatModel.trial_id
-            beating = {row[0] for row in session.query(column).filter(column.in_(list(old)))}
-    except Exception as err:  # not an RDB storage, or Optuna's internals moved
-        log.debug("cannot look for trials without heartbeat: %s", err)
-        return
-    callback = backend.get_heartbeat_stale_trial_callback()
-    for trial_id in set(old) - beating:
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
-            continue
-        if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
-
-
-def needs_more_trials(study: optuna.Study, target: int, poll: float, deadline: float | None = None) -> bool:
-    """Whether this worker should start another trial for the study to reach ``target`` finished trials.
-
-    Counts every worker's trials: when the trials others are running already cover what is left,
-    wait until they finish (False) or one of their workers dies and its trial, failed as stale,
-    is re-queued (True). So N workers on one study end with ``target`` finished trials, not up
-    to N-1 more (the overshoot of Optuna's MaxTrialsCallback, which counts finished trials only),
-    and the study still reaches its target when a worker is killed. Only two workers deciding in
-    the same instant can still start one trial too many.
-    """
-    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
-    grace = 2 * interval if interval else 0
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        if grace:
-            fail_orphaned_trials(study, grace)
-        finished, running = trial_counts(study)
-        if finished >= target:
-            return False
-        if finished + running < target:
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        time.sleep(poll)
-
-
-class StopAtTarget:
-    """Optuna callback: stop this worker once the study's finished + running trials reach the target."""
-
-    def __init__(self, target: int, poll: float, deadline: float | None = None) -> None:
-        self.target = target
-        self.poll = poll
-        self.deadline = deadline
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if not needs_more_trials(study, self.target, self.poll, self.deadline):
-            study.stop()
-
-
-def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: Any, cache_key: str) -> optuna.Study:
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    cfg: Any,
+    cache_key: str,
+    setup: dict[str, Any],
+    metric: str,
+    teacher_key: str = "",
+) -> optuna.Study:
+    """Create or resume the study; refuse one whose cache or set-up differs (its trials would not compare)."""
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.RandomSampler(seed=int(cfg.seed))
         if cfg.study.sampler == "random"
@@ -228,22 +75,35 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: Any, cache_
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True
     )
-    recorded = study.user_attrs.get("cache_key")
-    if recorded is None:
-        study.set_user_attr("cache_key", cache_key)
-        # Two workers may both have found no key: Optuna keeps the first write and silently drops
-        # the other (an ignored unique-key violation), so read back which one won.
-        recorded = study.user_attrs.get("cache_key")
+    recorded = _record_once(study, "cache_key", cache_key)
     if recorded != cache_key:
         raise KDError(
             f"study {name!r} was run on transfer cache {recorded}, but this configuration gives {cache_key}; "
             "its trials are not comparable: choose another study.name"
         )
+    recorded_setup = _record_once(study, "setup", setup)
+    if recorded_setup != setup:
+        raise KDError(
+            f"study {name!r} was searched with {_describe_setup(recorded_setup)}, but this run asks for "
+            f"{_describe_setup(setup)}; topping it up would mix set-ups: leave study.name unset (each set-up "
+            "gets its own study) or choose another study.name"
+        )
+    attrs = {"task": str(cfg.task.name), "student": setup["student"], "metric": metric, "teacher_key": teacher_key}
+    for key, value in attrs.items():
+        _record_once(study, key, value)
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])  # optuna-dashboard then shows "dev_accuracy", not "Objective 0"
     return study
 
 
-def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def _describe_setup(setup: Any) -> str:
+    if not isinstance(setup, dict):
+        return repr(setup)
+    fixed = ", ".join(f"{k}={v}" for k, v in sorted((setup.get("fixed") or {}).items())) or "none"
+    extras = ",".join(setup.get("search_objectives") or []) or "none"
+    return f"student={setup.get('student')}, fixed hyper-parameters: {fixed}, search_objectives: {extras}"
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -251,18 +111,63 @@ def best_value(study: optuna.Study) -> float | None:
     return max((t.value for t in complete if t.value is not None), default=None)
 
 
+def pruning_reporter(trial: optuna.Trial, metric: str, prunable: bool) -> Callable[[int, float], None]:
+    """Per-epoch dev scores: an ``epoch_<metric>`` curve in MLflow, and Optuna's pruning decision.
+
+    The curve has its own name, so the run's ``<metric>`` column is the final model's score and
+    never the last epoch's. A student whose only report comes after all its work is done
+    (``reports_while_training`` False) is never pruned: that would throw its result away.
+    """
+
+    def report(step: int, score: float) -> None:
+        mlflow.log_metric(f"epoch_{metric}", score, step=step)
+        trial.report(score, step)
+        if prunable and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} with {metric}={score:.4f}")
+
+    return report
+
+
+@contextmanager
+def trial_run(trial: optuna.Trial, student_name: str, tags: dict[str, str]) -> Iterator[Any]:
+    """The trial's nested MLflow run, ended with a status a person can read in the runs list.
+
+    Pruned trials end FINISHED with ``state=pruned`` and "(pruned)" in their name: pruning is the
+    search working, not a failure. A real error ends the run FAILED with its reason.
+    """
+    run_name = f"{student_name}-trial-{trial.number}"
+    tags = {**tags, "role": "trial", "trial_number": str(trial.number), "student": student_name}
+    run = mlflow.start_run(run_name=run_name, nested=True, tags=tags)
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    status = "FINISHED"  # ended by hand: MLflow's own context manager calls every exception a failure
+    try:
+        yield run
+        mlflow.set_tag("state", "complete")
+    except optuna.TrialPruned as pruned:
+        mlflow.set_tags({"state": "pruned", "prune_reason": str(pruned), "mlflow.runName": f"{run_name} (pruned)"})
+        raise
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        trial.set_user_attr("fail_reason", reason)
+        mlflow.set_tags({"state": "failed", "fail_reason": reason})
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
 def make_objective(
-    prep: Prepared, student_name: str, fixed: dict[str, Any], parent_tags: dict[str, str]
+    prep: Prepared, student_name: str, fixed: dict[str, Any], parent_tags: dict[str, str], target: int
 ) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: sample, fit on the cache, evaluate, log to a nested MLflow run."""
-    student_cls = get_student_class(student_name)
+    """The Optuna objective: sample, fit on the cache, measure, log to a nested MLflow run; returns dev score."""
+    student_cls: type[Student] = get_student_class(student_name)
     metric = prep.metric
-    teacher_score = prep.teacher_metrics[metric]
-    progress = bool(prep.cfg.progress)
+    extras = tuple(prep.cfg.study.get("search_objectives") or ())
 
     def objective(trial: optuna.Trial) -> float:
+        check_under_target(trial, target)
         try:
-            hparams = sample_hparams(student_cls, trial, fixed, tuple(prep.cfg.study.get("search_objectives") or ()))
+            hparams = sample_hparams(student_cls, trial, fixed, extras)
         except ValueError as err:  # Optuna refuses a parameter whose range changed within one study
             raise KDError(
                 f"study {trial.study.study_name!r} was searched with another search space for {student_name} "
@@ -270,52 +175,26 @@ def make_objective(
             ) from err
         hparams.setdefault("seed", int(prep.cfg.seed))
         trial.set_user_attr("hparams", hparams)  # the full config (fixed ones too), for studies.compare
-        tags = {**parent_tags, "role": "trial", "trial_number": str(trial.number), "student": student_name}
-        with mlflow.start_run(run_name=f"{student_name}-trial-{trial.number}", nested=True, tags=tags) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        with trial_run(trial, student_name, parent_tags):
             mlflow.log_params(flat_params(hparams))
-
-            def report(step: int, score: float) -> None:
-                mlflow.log_metric(metric, score, step=step)
-                trial.report(score, step)
-                if trial.should_prune():
-                    mlflow.set_tag("state", "pruned")
-                    raise optuna.TrialPruned(f"pruned at step {step} with {metric}={score:.4f}")
-
-            student = student_cls(**{**hparams, "progress": progress})
-            started = time.perf_counter()
+            report = pruning_reporter(trial, metric, student_cls.reports_while_training)
             try:
-                student.fit(prep.cache, prep.dev_set(), report)
+                measured = fit_and_measure(prep, student_name, hparams, report)
             except NonFiniteLoss as err:
-                reason = f"non-finite loss: {err}"
-                trial.set_user_attr("fail_reason", reason)
-                mlflow.set_tags({"state": "pruned", "fail_reason": reason})
-                raise optuna.TrialPruned(reason) from err
-            train_seconds = time.perf_counter() - started
-            metrics = evaluate_model(
-                student.predict_logits,
-                prep.task,
-                prep.cache.dev_logits,
-                student.n_params(),
-                int(prep.cfg.tracking.latency_samples),
-            )
-            metrics["train_seconds"] = train_seconds
-            metrics["share_of_teacher"] = metrics[metric] / teacher_score if teacher_score else 0.0
-            metrics["latency_ratio_teacher"] = prep.teacher_metrics["latency_ms_b1"] / max(
-                metrics["latency_ms_b1"], 1e-9
-            )
+                trial.set_user_attr("fail_reason", f"non-finite loss: {err}")
+                raise optuna.TrialPruned(f"non-finite loss: {err}") from err
+            metrics = measured.metrics
             mlflow.log_metrics(metrics)
-            if hasattr(student, "artifacts"):
-                for name, text in student.artifacts(prep.task.dev.texts).items():
+            log_records(measured.records)
+            if hasattr(measured.student, "artifacts"):
+                for name, text in measured.student.artifacts(prep.task.dev.texts).items():
                     mlflow.log_text(text, f"explanations/{name}")
-            mlflow.set_tag("state", "complete")
-            for key in ("share_of_teacher", "latency_ms_b1", "dev_agreement", "params_total"):
+            for key in ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement"):
                 trial.set_user_attr(key, metrics[key])
+            trial.set_user_attr(prep.report_metric, metrics[prep.report_metric])
             previous = best_value(trial.study)
             if prep.cfg.tracking.log_models == "best" and (previous is None or metrics[metric] > previous):
-                with tempfile.TemporaryDirectory() as tmp:
-                    mlflow.log_artifacts(str(student.save(Path(tmp) / "student")), "student")
-                mlflow.set_tag("has_model", "true")
+                log_student(measured.student, "student")
             return metrics[metric]
 
     return objective

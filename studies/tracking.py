@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studies.dblock import driver_url, schema_lock
+
+if TYPE_CHECKING:
+    from students.base import FitRecord, Student
 
 DEFAULT_DIR = Path("mlruns")
 
@@ -79,3 +83,27 @@ def find_run(experiment: str, **tags: str) -> str | None:
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
     runs = mlflow.search_runs([exp.experiment_id], filter_string=query, max_results=1, output_format="list")
     return runs[0].info.run_id if runs else None
+
+
+def log_records(records: Sequence[FitRecord]) -> None:
+    """One nested run per record a student's fit returned (e.g. chain links), under the active run."""
+    import mlflow
+
+    for record in records:
+        with mlflow.start_run(run_name=record.name, nested=True, tags=record.tags):
+            mlflow.log_params(flat_params(record.params))
+            mlflow.log_metrics(record.metrics)
+            for name, points in record.curves.items():
+                for step, value in points:
+                    mlflow.log_metric(name, value, step=step)
+
+
+def log_student(student: Student, artifact_path: str = "student") -> None:
+    """Save a fitted student into the active run under ``artifact_path`` and tag the run ``has_model``."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(student.save(Path(tmp) / "student")), artifact_path)
+    mlflow.set_tag("has_model", "true")

@@ -41,7 +41,8 @@ class FineTuneConfig(FromMapping):
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     freeze_embeddings: bool = True  # the word-embedding table is half of MiniLM; freezing halves step time
-    seed: int = 0
+    seed: int = 0  # the teacher's own seed (teacher.seed), independent of the students' seed=
+    select_epoch: bool = True  # score dev after every epoch and keep the best epoch's weights (a choice on dev)
     checkpoint_every: int = 300  # steps
     tiny: dict[str, int] = field(default_factory=dict)  # sizes for teacher.name=tiny
 
@@ -83,6 +84,7 @@ def _load_base(base: BaseModel, num_labels: int) -> tuple[Any, Any]:
 
 
 def _evaluate(model: Any, tokenizer: Any, task: Task, config: FineTuneConfig, device: torch.device) -> dict[str, float]:
+    """Every task metric on the dev split (the split every choice is made on)."""
     model.eval()
     enc = tokenizer(task.dev.texts, truncation=True, max_length=config.max_length)
     ids = [np.asarray(x) for x in enc["input_ids"]]
@@ -95,6 +97,12 @@ def _evaluate(model: Any, tokenizer: Any, task: Task, config: FineTuneConfig, de
             preds[idx] = model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1).cpu().numpy()
     model.train()
     return task.score(task.dev.labels, preds)
+
+
+def _epoch_ends(steps_per_epoch: int, total: int) -> list[int]:
+    """Steps after which dev is scored: every whole epoch, and the last step (fractional epochs)."""
+    ends = list(range(steps_per_epoch, total + 1, steps_per_epoch))
+    return ends if ends and ends[-1] == total else [*ends, total]
 
 
 def _train(
@@ -119,12 +127,29 @@ def _train(
     )
     step = 0
     checkpoint = work / "checkpoint.pt"
+    best_file = work / "best_epoch.pt"  # weights of the best epoch on dev so far (select_epoch)
+    epochs_scored: list[dict[str, Any]] = []
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+        epochs_scored = list(state.get("epochs_scored", []))
+    ends = set(_epoch_ends(steps_per_epoch, total)) if config.select_epoch else set()
+
+    def save_checkpoint(at: int) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": at,
+            "epochs_scored": epochs_scored,
+        }
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint)
+
     rng = np.random.default_rng(config.seed)
     epoch_batches: list[np.ndarray] = []
     for _ in range(math.ceil(config.epochs)):
@@ -145,18 +170,38 @@ def _train(
         scheduler.step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
-            tmp = checkpoint.with_suffix(".tmp")
-            state = {
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": i + 1,
-            }
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
+        if i + 1 in ends:
+            scores = _evaluate(model, tokenizer, task, config, device)
+            best = max((e["dev_score"] for e in epochs_scored), default=-math.inf)
+            epochs_scored.append({"step": i + 1, "epoch": (i + 1) / steps_per_epoch, "dev_score": scores[task.metric]})
+            if scores[task.metric] > best:
+                tmp = best_file.with_suffix(".tmp")
+                torch.save(model.state_dict(), tmp)
+                os.replace(tmp, best_file)
+            epoch = (i + 1) / steps_per_epoch
+            bar.write(f"teacher after epoch {epoch:.2f}: dev {task.metric}={scores[task.metric]:.4f}")
+            if i + 1 < total:
+                save_checkpoint(i + 1)
+        elif (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
+            save_checkpoint(i + 1)
     bar.close()
-    return {"steps": total, "train_seconds": time.perf_counter() - started, "resumed_from_step": step}
+    chosen = None
+    if epochs_scored and best_file.exists():
+        chosen = max(epochs_scored, key=lambda e: e["dev_score"])
+        model.load_state_dict(torch.load(best_file, map_location="cpu"))
+        best_file.unlink()
+    return {
+        "steps": total,
+        "train_seconds": time.perf_counter() - started,
+        "resumed_from_step": step,
+        "epochs_scored": epochs_scored,
+        "chosen_epoch": chosen["epoch"] if chosen else None,
+    }
+
+
+def planned_teacher_key(name: str, task: Task, config: FineTuneConfig, root: str | Path) -> str:
+    """The key the fine-tuned teacher for (``name``, task, config) has or will have; computes nothing heavy."""
+    return teacher_key(_resolve(name, task, config, Path(root) / "teachers" / "probe"), task, config)
 
 
 def get_teacher(name: str, task: Task, config: FineTuneConfig, root: str | Path, device: str | None = None) -> Teacher:

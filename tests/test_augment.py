@@ -51,6 +51,7 @@ def make_task(texts: list[str] = CORPUS) -> Task:
         metric="accuracy",
         train=Split(list(texts), labels),
         dev=Split(["good", "bad"], np.array([1, 0])),
+        test=Split(["fine", "poor"], np.array([1, 0])),
     )
 
 
@@ -263,6 +264,15 @@ def test_extra_file_lines_added_unlabelled(tmp_path: Path) -> None:
         "an unseen sentence",
         "another one",
     ]
+
+
+def test_extra_file_never_adds_a_dev_or_test_sentence(tmp_path: Path) -> None:
+    """A held-out sentence in the extra file would get the teacher's soft label in training."""
+    extra = tmp_path / "extra.txt"
+    extra.write_text("good\nfine\nreally new\npoor\nbad\n")  # dev: good, bad; test: fine, poor
+    ts = make_transfer_set(make_task(), extra=str(extra), tagger=None)
+    assert ts.texts[len(CORPUS) :] == ["really new"]
+    assert ts.test_texts == ["fine", "poor"] and ts.dev_texts == ["good", "bad"]
 
 
 def test_missing_extra_file_raises_kderror_naming_the_setting(tmp_path: Path) -> None:

@@ -131,7 +131,9 @@ def test_round_trip_values_dtypes_memmap_and_manifest(tmp_path: Path, stats) -> 
     assert manifest["dtypes"]["train_activations"] == "float16"
     assert manifest["dtypes"]["train_labels"] == "int64"
     expected_files = {f"{s}_{a}.npy" for s in ("train", "dev") for a in ("labels", "logits", "activations")}
-    assert set(manifest["checksums"]) == expected_files | {"train_texts.json", "dev_texts.json"}
+    assets = {f"assets/{p.relative_to(cache.assets).as_posix()}" for p in cache.assets.rglob("*") if p.is_file()}
+    assert assets  # the labeler's assets are covered too
+    assert set(manifest["checksums"]) == expected_files | {"train_texts.json", "dev_texts.json"} | assets
     assert all(len(v) == 64 and int(v, 16) >= 0 for v in manifest["checksums"].values())
 
     # the build left nothing behind but the cache and its lock

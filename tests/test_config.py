@@ -11,7 +11,7 @@ import pytest
 
 from students.registry import available_students, get_student_class
 from studies.config import compose, group_options, to_dict
-from studies.search import sample_hparams
+from students.search_space import sample_hparams
 from transfer.errors import KDError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_overrides_are_applied(tmp_path: Path) -> None:
     assert cfg.data.dir == str(tmp_path) and cfg.data.limit == 100
     assert cfg.seed == 7
     # new keys under student.hparams need no '+' prefix, and the group's own hparams stay
-    assert to_dict(cfg.student)["hparams"] == {"epochs": 3, "hidden_size": 64, "pooling": "mean"}
+    assert to_dict(cfg.student)["hparams"] == {"hidden_size": 64, "pooling": "mean"}
 
 
 def test_existing_hparam_is_overridden_and_plus_prefix_still_works() -> None:

@@ -26,7 +26,7 @@ import pytest
 from fault_helpers import BATCH_SIZE, RecordingLabeler, fault_transfer_set
 from mlflow.tracking import MlflowClient
 
-from studies import search
+from studies import search, workers
 from studies.config import compose
 from studies.pipeline import prepare
 from studies.run import main, run_study
@@ -297,8 +297,8 @@ def test_non_finite_loss_prunes_the_trial_with_its_reason_and_the_study_goes_on(
     assert result.n_finished == 3 and result.best_trial in (0, 2)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(trials[1].user_attrs["mlflow_run_id"])
-    assert "non-finite loss" in run.data.tags["fail_reason"]
-    assert run.data.tags["state"] == "pruned"
+    assert "non-finite loss" in run.data.tags["prune_reason"]
+    assert run.data.tags["state"] == "pruned" and run.info.status == "FINISHED"  # pruned, not failed
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -393,15 +393,15 @@ def test_kill_9_mid_trial_then_the_same_command_resumes_and_retries(
 
 
 def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(tmp_path: Path) -> None:
-    storage = search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    storage = workers.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
     study = optuna.create_study(study_name="orphan", storage=storage, direction="maximize")
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # RUNNING, never a heartbeat
-    assert search.trial_counts(study) == (1, 1)
-    assert not search.needs_more_trials(study, target=2, poll=0.2, deadline=time.monotonic() + 0.5)  # others' trial
+    assert workers.trial_counts(study) == (1, 1)
+    assert not workers.needs_more_trials(study, target=2, poll=0.2, deadline=time.monotonic() + 0.5)  # others' trial
 
     time.sleep(2.2)  # past the grace period (2 × heartbeat_interval)
-    assert search.needs_more_trials(study, target=2, poll=0.2)
+    assert workers.needs_more_trials(study, target=2, poll=0.2)
     trials = study.get_trials()
     assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
     retry = trials[-1]
@@ -413,11 +413,12 @@ def _open_in_child(url: str, key: str, start_at: float, results: Any) -> None:
     """A worker's first steps on the shared database: open the storage, create/load the study, claim its cache key."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"seed": 0, "study": {"sampler": "random", "pruner": "none"}})
+    cfg = OmegaConf.create({"seed": 0, "study": {"sampler": "random", "pruner": "none"}, "task": {"name": "t"}})
     while time.time() < start_at:
         time.sleep(0.0005)
     try:
-        search.open_study("race", search.make_storage(url, heartbeat_interval=5), cfg, key)
+        setup = search.study_setup("bilstm", {}, [])
+        search.open_study("race", workers.make_storage(url, heartbeat_interval=5), cfg, key, setup, "dev_accuracy")
         results.put((key, "ok"))
     except KDError as err:
         results.put((key, f"refused: {err}"))

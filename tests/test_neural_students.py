@@ -9,9 +9,6 @@ from the assistant's outputs.
 from __future__ import annotations
 
 import shutil
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from students.base import DevSet, Student
 from students.registry import available_students, build_student, get_student_class
 from transfer.cache import TransferCache
 
-FAST = {"epochs": 1, "progress": False, "batch_size": 32, "max_length": 32}
+FAST = {"epochs": 1, "batch_size": 32, "max_length": 32}
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "bilstm": ("bilstm", {"hidden_size": 16, "mlp_dim": 16}),
     "cnn": ("cnn", {"n_filters": 8, "mlp_dim": 16, "widths": "2,3,4"}),
@@ -57,48 +54,11 @@ def private_cache(tiny_cache, tmp_path_factory: pytest.TempPathFactory) -> Trans
     return TransferCache(root / tiny_cache.path.name)
 
 
-class FakeMlflow(types.ModuleType):
-    """Records what the chain logs, standing in for mlflow with a run active."""
-
-    def __init__(self) -> None:
-        super().__init__("mlflow")
-        self.runs: list[dict[str, Any]] = []
-        self.parent_tags: dict[str, str] = {}
-        self._current: dict[str, Any] | None = None
-
-    def active_run(self) -> object:
-        return object()
-
-    @contextmanager
-    def start_run(self, run_name: str, nested: bool, tags: dict[str, str]) -> Iterator[None]:
-        assert nested
-        self._current = {"name": run_name, "tags": tags, "params": {}, "metrics": {}}
-        yield
-        self.runs.append(self._current)
-        self._current = None
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.parent_tags |= tags
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        assert self._current is not None
-        self._current["params"] |= params
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        assert self._current is not None
-        self._current["metrics"] |= metrics
-
-    def log_metric(self, key: str, value: float, step: int = 0) -> None:
-        assert self._current is not None
-        self._current["metrics"][f"{key}@{step}"] = value
-
-
 @pytest.fixture(scope="module")
 def fitted_chain(private_cache: TransferCache, dev_set: DevSet) -> dict[str, Any]:
-    """A bilstm → cnn chain fitted with spies on each link's fit and a fake active MLflow run."""
+    """A bilstm → cnn chain fitted with spies on each link's fit (no tracker: students never log)."""
     bilstm_cls, cnn_cls = get_student_class("bilstm"), get_student_class("cnn")
     received: dict[str, TransferCache] = {}
-    fake = FakeMlflow()
 
     def spy(cls: type[Student], key: str) -> Any:
         original = cls.fit
@@ -113,9 +73,8 @@ def fitted_chain(private_cache: TransferCache, dev_set: DevSet) -> dict[str, Any
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bilstm_cls, "fit", spy(bilstm_cls, "first"))
         mp.setattr(cnn_cls, "fit", spy(cnn_cls, "second"))
-        mp.setitem(__import__("sys").modules, "mlflow", fake)
         chain = build_student(name, **FAST, **hparams).fit(private_cache, dev_set)
-    return {"chain": chain, "received": received, "mlflow": fake}
+    return {"chain": chain, "received": received}
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -182,7 +141,7 @@ def test_search_space_samples_trainable_students(
 ) -> None:
     import optuna
 
-    from studies.search import sample_hparams
+    from students.search_space import sample_hparams
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), direction="maximize")
@@ -288,14 +247,19 @@ def test_chain_second_link_learns_from_the_assistant(fitted_chain: dict[str, Any
     assert chain.cache_keys == [private_cache.key, second.key]
 
 
-def test_chain_logs_each_link_to_mlflow(fitted_chain: dict[str, Any], private_cache) -> None:
-    fake, chain = fitted_chain["mlflow"], fitted_chain["chain"]
-    assert [r["tags"]["chain_link"] for r in fake.runs] == ["0", "1"]
-    assert [r["tags"]["link_student"] for r in fake.runs] == ["bilstm", "cnn"]
-    assert [r["tags"]["cache_key"] for r in fake.runs] == chain.cache_keys
-    assert [r["tags"]["parent_cache_key"] for r in fake.runs] == ["", private_cache.key]
-    assert all("dev_score" in r["metrics"] for r in fake.runs)
-    assert fake.parent_tags["chain"] == "teacher -> bilstm -> cnn"
+def test_chain_returns_one_record_per_link(fitted_chain: dict[str, Any], private_cache) -> None:
+    """The chain reports its links as records; studies/ logs them (students never talk to MLflow)."""
+    chain = fitted_chain["chain"]
+    records = chain.fit_records()
+    assert [r.tags["chain_link"] for r in records] == ["0", "1"]
+    assert [r.tags["link_student"] for r in records] == ["bilstm", "cnn"]
+    assert [r.tags["cache_key"] for r in records] == chain.cache_keys
+    assert [r.tags["parent_cache_key"] for r in records] == ["", private_cache.key]
+    assert all("dev_score" in r.metrics for r in records) and records[0].tags["chain"] == "teacher -> bilstm -> cnn"
+    assert records[0].curves["epoch_train_loss"][0][0] == 1
+    import students.chain
+
+    assert "mlflow" not in Path(students.chain.__file__).read_text()
 
 
 def test_chain_hyper_parameters_reach_their_link(fitted_chain: dict[str, Any]) -> None:

@@ -74,22 +74,27 @@ def raises(match_all: list[str], fn: Callable[..., object], *args: object, **kwa
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sst2_parses_header_labels_and_strips_text(tmp_path: Path) -> None:
+def test_sst2_glue_dev_is_test_and_dev_is_carved_from_train(tmp_path: Path) -> None:
     task = load_task("sst2", str(make_sst2(tmp_path)))
     assert task.name == "sst2" and task.labels == ["negative", "positive"] and task.metric == "accuracy"
-    assert task.train.texts == ["it 's great", "awful film", "fine"]
-    assert task.train.labels.tolist() == [1, 0, 1]
-    assert task.dev.texts == ["loved it", "hated it"] and task.dev.labels.tolist() == [1, 0]
-    assert task.test is None
+    # GLUE ships no labelled test set: its dev set is our test split, reported only
+    assert task.test.texts == ["loved it", "hated it"] and task.test.labels.tolist() == [1, 0]
+    # dev is carved from train (the teacher never trains on it); headers stripped, texts stripped
+    assert sorted(task.train.texts + task.dev.texts) == sorted(["it 's great", "awful film", "fine"])
+    assert len(task.dev) == 1 and not set(task.dev.texts) & set(task.train.texts)
+    label_of = {"it 's great": 1, "awful film": 0, "fine": 1}
+    for split in (task.train, task.dev):
+        assert [label_of[t] for t in split.texts] == split.labels.tolist()
 
 
-def test_cola_dev_is_in_domain_then_out_of_domain(tmp_path: Path) -> None:
+def test_cola_glue_dev_is_test_in_domain_then_out_of_domain(tmp_path: Path) -> None:
     task = load_task("cola", str(make_cola(tmp_path)))
     assert task.labels == ["unacceptable", "acceptable"]
     assert task.metric == "mcc" and task.extra_metrics == ("accuracy",)
-    assert task.train.texts == ["The cat sat.", "Cat the sat."] and task.train.labels.tolist() == [1, 0]
-    assert task.dev.texts == ["In one.", "Out one.", "Out two."]
-    assert task.dev.labels.tolist() == [1, 0, 1]
+    assert sorted(task.train.texts + task.dev.texts) == ["Cat the sat.", "The cat sat."]
+    assert len(task.dev) == 1
+    assert task.test.texts == ["In one.", "Out one.", "Out two."]
+    assert task.test.labels.tolist() == [1, 0, 1]
 
 
 def test_trec_coarse_labels_latin1_carved_dev_and_test(tmp_path: Path) -> None:
@@ -128,22 +133,43 @@ def test_tsv_multiclass_with_header_and_dev(tmp_path: Path) -> None:
     task = load_task("tsv", str(tmp_path), train=str(train), dev=str(dev))
     assert task.labels == ["politics", "sport", "weather"]
     assert task.metric == "f1_macro" and task.extra_metrics == ("f1_micro", "accuracy")
-    assert task.train.texts == ["sunny day", "big win", "rain", "news"]
-    assert task.train.labels.tolist() == [2, 1, 2, 0]
     assert task.dev.texts == ["goal", "vote"] and task.dev.labels.tolist() == [1, 0]
+    assert len(task.test) == 1 and len(task.train) == 3  # no data.test: carved from train
+    assert sorted(task.train.texts + task.test.texts) == sorted(["sunny day", "big win", "rain", "news"])
 
 
-def test_tsv_binary_carves_dev_and_resolves_paths_in_data_dir(tmp_path: Path) -> None:
+def test_tsv_binary_carves_dev_and_test_and_resolves_paths_in_data_dir(tmp_path: Path) -> None:
     write(tmp_path / "data" / "train.tsv", "".join(f"text {i}\t{'yes' if i % 2 else 'no'}\n" for i in range(20)))
     task = load_task("tsv", str(tmp_path / "data"), train="train.tsv")
     assert task.labels == ["no", "yes"] and task.metric == "accuracy" and task.extra_metrics == ()
-    assert len(task.dev) == 2 and len(task.train) == 18
+    assert len(task.test) == 2 and len(task.dev) == 2 and len(task.train) == 16
     assert not set(task.dev.texts) & set(task.train.texts)
+    assert not set(task.test.texts) & (set(task.train.texts) | set(task.dev.texts))
+    # stratified: each carved split keeps both labels
+    assert sorted(task.dev.labels.tolist()) == [0, 1] and sorted(task.test.labels.tolist()) == [0, 1]
+
+
+def test_tsv_takes_a_test_file(tmp_path: Path) -> None:
+    train = write(tmp_path / "t.tsv", "".join(f"text {i}\t{'yes' if i % 2 else 'no'}\n" for i in range(20)))
+    test = write(tmp_path / "x.tsv", "held out\tyes\n")
+    task = load_task("tsv", str(tmp_path), train=str(train), test=str(test))
+    assert task.test.texts == ["held out"] and len(task.train) + len(task.dev) == 20
 
 
 # ---------------------------------------------------------------------------------------------
 # dev carving
 # ---------------------------------------------------------------------------------------------
+
+
+def test_stratified_carve_keeps_label_shares(tmp_path: Path) -> None:
+    labels = ["a"] * 900 + ["b"] * 100
+    train, dev = carve_dev_split(len(labels), labels=labels)
+    dev_labels = [labels[i] for i in dev]
+    assert len(dev) == 100 and dev_labels.count("b") == 10 and dev_labels.count("a") == 90
+    assert sorted(train.tolist() + dev.tolist()) == list(range(1000))
+    # the same rows in another order of labels gives the same split sizes per label; reruns are identical
+    again_train, again_dev = carve_dev_split(len(labels), labels=labels)
+    assert np.array_equal(dev, again_dev) and np.array_equal(train, again_train)
 
 
 @pytest.mark.parametrize("n", [2, 7, 10, 101, 5452])
@@ -275,7 +301,8 @@ def test_tsv_single_label_and_unknown_options(tmp_path: Path) -> None:
     train = write(tmp_path / "t.tsv", "a\tx\nb\tx\n")
     raises(["t.tsv", "2 distinct labels"], load_task, "tsv", str(tmp_path), train=str(train))
     raises(["sst2", "train"], load_task, "sst2", str(make_sst2(tmp_path)), train="x.tsv")
-    assert len(load_task("sst2", str(tmp_path), train=None).train) == 3  # None options are ignored
+    task = load_task("sst2", str(tmp_path), train=None)  # None options are ignored
+    assert len(task.train) + len(task.dev) == 3
 
 
 def test_unknown_task_lists_known_tasks(tmp_path: Path) -> None:
@@ -321,7 +348,7 @@ def test_metric_errors() -> None:
 
 def test_task_score_reports_main_metric_first() -> None:
     split = Split(["a", "b"], np.array([0, 1]))
-    task = Task("t", ["n", "p"], "mcc", split, split, extra_metrics=("accuracy", "mcc"))
+    task = Task("t", ["n", "p"], "mcc", split, split, split, extra_metrics=("accuracy", "mcc"))
     result = task.score([0, 1, 1, 0], [0, 1, 0, 0])
     assert list(result) == ["mcc", "accuracy"]
     assert result["accuracy"] == pytest.approx(0.75)
@@ -338,9 +365,10 @@ REAL_DATA = Path(os.environ.get("KD_DATA_DIR") or REPO_ROOT.parent / "shared" / 
 def test_real_tasks_have_known_row_counts() -> None:
     data = str(REAL_DATA)
     sst2 = load_task("sst2", data)
-    assert (len(sst2.train), len(sst2.dev), sst2.test) == (67349, 872, None)
+    # GLUE dev becomes test; dev is 10 % of train, stratified
+    assert (len(sst2.train), len(sst2.dev), len(sst2.test)) == (60614, 6735, 872)
     cola = load_task("cola", data)
-    assert (len(cola.train), len(cola.dev)) == (8551, 1043)
+    assert (len(cola.train), len(cola.dev), len(cola.test)) == (7696, 855, 1043)
     trec = load_task("trec", data)
     assert len(trec.train) + len(trec.dev) == 5452 and trec.test is not None and len(trec.test) == 500
     assert trec.num_labels == 6

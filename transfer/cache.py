@@ -7,8 +7,11 @@ Layout of one cache (a directory named by its key)::
     train_labels.npy         int64 gold labels, -1 where a text has none (augmented / extra)
     train_logits.npy         float16 [N, C] teacher logits
     train_activations.npy    float16 [N, L, H] per-layer pooled hidden states (may be absent)
-    dev_*                    the same for the dev split (agreement, probing, early stopping)
-    assets/                  what students need from the labeler (tokenizer/, embeddings.npy)
+    dev_*                    the same for the dev split (early stopping, pruning, the best trial)
+    test_*                   the same for the test split (reported only: the teacher's test score, agreement)
+    assets/                  what students need from the labeler (tokenizer/, embeddings.npy, teacher_model/)
+
+The manifest's checksums cover every file of the directory, assets included.
 
 Writes happen in ``<key>.partial/`` and become visible by one atomic ``rename``; a crash
 never leaves a directory that looks complete. Labelling goes in length-sorted chunks that are
@@ -39,7 +42,7 @@ from transfer.fingerprint import hash_file, hash_json, hash_texts
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: test split labelled too; checksums cover assets/
 CHUNK_SIZE = 4096  # examples per resumable chunk (KD_CACHE_CHUNK_SIZE overrides it: tests, tiny machines)
 
 
@@ -100,12 +103,20 @@ class TransferSet:
     label_names: list[str]
     task: str
     description: dict[str, Any] = field(default_factory=dict)  # augmentation settings, extra file hash
+    test_texts: list[str] = field(default_factory=list)  # labelled once too, for reporting only
+    test_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def splits(self) -> list[tuple[str, list[str], np.ndarray]]:
+        """(prefix, texts, gold labels) of every split the labeler must label."""
+        parts = [("train", self.texts, self.labels), ("dev", self.dev_texts, self.dev_labels)]
+        return parts + ([("test", self.test_texts, self.test_labels)] if self.test_texts else [])
 
     def fingerprint(self) -> str:
         return hash_json(
             {
                 "train": hash_texts(self.texts, self.labels.tolist()),
                 "dev": hash_texts(self.dev_texts, self.dev_labels.tolist()),
+                "test": hash_texts(self.test_texts, self.test_labels.tolist()),
                 "labels": self.label_names,
                 "task": self.task,
                 "description": self.description,
@@ -138,6 +149,8 @@ class TransferCache:
             self.verify()
         self.texts: list[str] = json.loads((self.path / "train_texts.json").read_text())
         self.dev_texts: list[str] = json.loads((self.path / "dev_texts.json").read_text())
+        test_file = self.path / "test_texts.json"
+        self.test_texts: list[str] = json.loads(test_file.read_text()) if test_file.is_file() else []
 
     # -- contents ---------------------------------------------------------------------------
     def _array(self, name: str) -> np.ndarray | None:
@@ -185,6 +198,16 @@ class TransferCache:
         return self._array("dev_activations")
 
     @property
+    def test_labels(self) -> np.ndarray | None:
+        array = self._array("test_labels")
+        return None if array is None else np.asarray(array)
+
+    @property
+    def test_logits(self) -> np.ndarray | None:
+        """The teacher's test logits (reporting only: the teacher's test score and students' agreement)."""
+        return self._array("test_logits")
+
+    @property
     def assets(self) -> Path:
         return self.path / "assets"
 
@@ -216,6 +239,19 @@ class TransferCache:
 
 
 # -- building -------------------------------------------------------------------------------
+
+
+def directory_checksums(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (assets included), keyed by relative POSIX path.
+
+    Labelling leftovers (chunk files) and the manifest itself are not part of a cache.
+    """
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != "manifest.json" and "_chunk" not in p.name and not p.name.endswith(".lock")
+    )
+    return {p.relative_to(directory).as_posix(): hash_file(p) for p in files}
 
 
 def _label_split(
@@ -305,25 +341,23 @@ def _write_cache(
 ) -> None:
     log.info(
         "labelling %d texts for transfer cache %s (pid %d)",
-        len(transfer.texts) + len(transfer.dev_texts),
+        sum(len(texts) for _, texts, _ in transfer.splits()),
         key,
         os.getpid(),
     )
     STATS.passes += 1
     STATS.builds.append(key)
     names: list[str] = []
-    for prefix, texts, labels in (
-        ("train", transfer.texts, transfer.labels),
-        ("dev", transfer.dev_texts, transfer.dev_labels),
-    ):
+    for prefix, texts, labels in transfer.splits():
         names += _label_split(labeler, texts, work, prefix, batch_size, sort_by_length)
         np.save(work / f"{prefix}_labels.npy", np.asarray(labels, dtype=np.int64))
         names.append(f"{prefix}_labels")
         (work / f"{prefix}_texts.json").write_text(json.dumps(list(texts)))
+    for chunk in work.glob("*_chunk*.npz"):  # every split is labelled: the resume points are spent
+        chunk.unlink()
     labeler.write_assets(work / "assets")
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r") for name in names}
-    checksums = {f"{name}.npy": hash_file(work / f"{name}.npy") for name in names}
-    checksums |= {f"{p}_texts.json": hash_file(work / f"{p}_texts.json") for p in ("train", "dev")}
+    checksums = directory_checksums(work)
     manifest = {
         "key": key,
         "format": FORMAT_VERSION,
@@ -340,8 +374,6 @@ def _write_cache(
         "sorted_batches": sort_by_length,
     }
     del arrays
-    for chunk in work.glob("*_chunk*.npz"):
-        chunk.unlink()
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 

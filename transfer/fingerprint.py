@@ -19,16 +19,29 @@ def hash_json(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def _field(h: Any, value: str) -> None:
+    """Feed one length-prefixed field: no choice of characters inside texts can make two inputs collide."""
+    data = value.encode("utf-8")
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
+
+
 def hash_texts(texts: Iterable[str], labels: Iterable[Any] | None = None, length: int = 16) -> str:
-    """Hash a sequence of texts (and optionally their labels), order-sensitive."""
+    """Hash a sequence of texts (and optionally their labels), order-sensitive.
+
+    Each text and label is length-prefixed (not separator-delimited), so texts that contain
+    separator characters cannot make two different sequences hash alike.
+    """
     h = hashlib.sha256()
+    h.update(b"texts+labels" if labels is not None else b"texts")
     label_iter = iter(labels) if labels is not None else None
+    count = 0
     for text in texts:
-        h.update(text.encode("utf-8"))
-        h.update(b"\x00")
+        _field(h, text)
         if label_iter is not None:
-            h.update(str(next(label_iter)).encode())
-        h.update(b"\x01")
+            _field(h, str(next(label_iter)))
+        count += 1
+    h.update(count.to_bytes(8, "little"))
     return h.hexdigest()[:length]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,25 +50,45 @@ LineParser = Callable[[str], tuple[str, str]]  # line -> (text, label name)
 # ---------------------------------------------------------------------------------------------
 
 
-def carve_dev_split(n: int, fraction: float = DEV_FRACTION, seed: int = CARVE_SEED) -> tuple[np.ndarray, np.ndarray]:
+def carve_dev_split(
+    n: int, fraction: float = DEV_FRACTION, seed: int = CARVE_SEED, labels: Sequence[object] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices ``0..n-1`` into ``(train, dev)`` index arrays, each in ascending order.
 
-    A seeded shuffle (``numpy.random.default_rng(seed)``) picks ``round(fraction * n)`` rows (at
-    least one) for dev, so the split is disjoint, covers every row and never changes between runs.
+    With ``labels``, the split is stratified: each label keeps its share in both parts (a
+    largest-remainder allocation of ``round(fraction * n)`` dev rows over the labels, then a
+    seeded shuffle within each label). The split is disjoint, covers every row, and depends
+    only on ``n``, the labels and the fixed seed, so it is the same on every run and machine.
     """
     if n < 2:
         raise ValueError(f"need at least 2 rows to carve a dev split, got {n}")
     n_dev = min(n - 1, max(1, round(fraction * n)))
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_dev:]), np.sort(order[:n_dev])
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(n)
+        return np.sort(order[n_dev:]), np.sort(order[:n_dev])
+    keys = np.asarray([str(label) for label in labels])
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} labels for {n} rows")
+    names, counts = np.unique(keys, return_counts=True)  # sorted: independent of row order
+    exact = counts * n_dev / n
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: n_dev - int(take.sum())]:
+        take[i] += 1
+    dev: list[np.ndarray] = []
+    for name, k in zip(names, take, strict=True):
+        rows = np.flatnonzero(keys == name)
+        dev.append(rng.permutation(rows)[:k])
+    dev_idx = np.sort(np.concatenate(dev)) if dev else np.array([], dtype=np.int64)
+    return np.setdiff1d(np.arange(n), dev_idx), dev_idx
 
 
-def _carve(rows: list[Row], path: Path) -> tuple[list[Row], list[Row]]:
-    """Rows of ``path`` split into (train, dev) by ``carve_dev_split``."""
+def _carve(rows: list[Row], path: Path, what: str = "a dev split") -> tuple[list[Row], list[Row]]:
+    """Rows of ``path`` split into (kept, carved) by a stratified ``carve_dev_split``."""
     if len(rows) < 2:
-        raise KDError(f"{path}: only {len(rows)} row(s); need at least 2 to carve a dev split from it")
-    train_idx, dev_idx = carve_dev_split(len(rows))
-    return [rows[i] for i in train_idx], [rows[i] for i in dev_idx]
+        raise KDError(f"{path}: only {len(rows)} row(s); need at least 2 to carve {what} from it")
+    kept_idx, carved_idx = carve_dev_split(len(rows), labels=[r.label for r in rows])
+    return [rows[i] for i in kept_idx], [rows[i] for i in carved_idx]
 
 
 def _show(line: str | bytes) -> str:
@@ -217,7 +237,7 @@ def _task(
     metric: str,
     train: list[Row],
     dev: list[Row],
-    test: list[Row] | None = None,
+    test: list[Row],
     extra_metrics: tuple[str, ...] = (),
 ) -> Task:
     return Task(
@@ -226,7 +246,7 @@ def _task(
         metric=metric,
         train=_split(train, labels),
         dev=_split(dev, labels),
-        test=_split(test, labels) if test is not None else None,
+        test=_split(test, labels),
         extra_metrics=extra_metrics,
     )
 
@@ -238,32 +258,41 @@ def _task(
 
 @register_task("sst2")
 def load_sst2(data_dir: str, **options: object) -> Task:
-    """GLUE SST-2: ``sst2/train.tsv`` and ``dev.tsv`` (header ``sentence<TAB>label``); no test."""
+    """GLUE SST-2: ``sst2/train.tsv`` and ``dev.tsv`` (header ``sentence<TAB>label``).
+
+    GLUE ships no labelled test set, so its official dev set is our ``test`` (reported, never
+    used for a choice) and ``dev`` is carved from train (stratified, fixed seed): the teacher
+    does not train on it either.
+    """
     _no_options("sst2", options)
     folder = _task_dir(data_dir, "sst2")
     labels = ["negative", "positive"]
     parse = _tsv_parser(("sentence", "label"), "sentence", "label", {"0": labels[0], "1": labels[1]})
-    train = _parse_file(_data_file(folder, "train.tsv"), parse, skip_header=True)
-    dev = _parse_file(_data_file(folder, "dev.tsv"), parse, skip_header=True)
-    _check_seen(dev, train)
-    return _task("sst2", labels, "accuracy", train, dev)
+    path = _data_file(folder, "train.tsv")
+    full_train = _parse_file(path, parse, skip_header=True)
+    test = _parse_file(_data_file(folder, "dev.tsv"), parse, skip_header=True)
+    _check_seen(test, full_train)
+    train, dev = _carve(full_train, path)
+    return _task("sst2", labels, "accuracy", train, dev, test)
 
 
 @register_task("cola")
 def load_cola(data_dir: str, **options: object) -> Task:
-    """Raw CoLA release: in-domain train; dev = in-domain dev then out-of-domain dev (GLUE's dev)."""
+    """Raw CoLA release: test = GLUE's dev (in-domain then out-of-domain dev); dev carved from train."""
     _no_options("cola", options)
     folder = _task_dir(data_dir, "cola")
     labels = ["unacceptable", "acceptable"]
     parse = _tsv_parser(("source", "label", "mark", "sentence"), "sentence", "label", {"0": labels[0], "1": labels[1]})
-    train = _parse_file(_data_file(folder, "in_domain_train.tsv"), parse)
-    dev = [
+    path = _data_file(folder, "in_domain_train.tsv")
+    full_train = _parse_file(path, parse)
+    test = [
         row
         for filename in ("in_domain_dev.tsv", "out_of_domain_dev.tsv")
         for row in _parse_file(_data_file(folder, filename), parse)
     ]
-    _check_seen(dev, train)
-    return _task("cola", labels, "mcc", train, dev, extra_metrics=("accuracy",))
+    _check_seen(test, full_train)
+    train, dev = _carve(full_train, path)
+    return _task("cola", labels, "mcc", train, dev, test, extra_metrics=("accuracy",))
 
 
 @register_task("trec")
@@ -315,13 +344,15 @@ def load_sara(data_dir: str, **options: object) -> Task:
 
 @register_task("tsv")
 def load_tsv(data_dir: str, **options: object) -> Task:
-    """Any ``text<TAB>label`` files: options ``train`` (required) and ``dev`` (else 10% of train).
+    """Any ``text<TAB>label`` files: ``train`` (required), ``dev`` and ``test`` (each else carved from train).
 
     Paths are absolute or relative to the current folder or to ``data_dir``. The label set is the
     sorted unique labels of the train file; an optional ``text<TAB>label`` header is skipped.
+    A missing test split is carved first, then a missing dev split from what remains, so the
+    three splits are always disjoint.
     """
     options = dict(options)
-    train_opt, dev_opt = options.pop("train", None), options.pop("dev", None)
+    train_opt, dev_opt, test_opt = options.pop("train", None), options.pop("dev", None), options.pop("test", None)
     _no_options("tsv", options)
     if not train_opt:
         raise KDError("task 'tsv' needs a training file: set data.train=<file> (lines of text<TAB>label)")
@@ -331,11 +362,15 @@ def load_tsv(data_dir: str, **options: object) -> Task:
     labels = sorted({r.label for r in train})
     if len(labels) < 2:
         raise KDError(f"{train_path}: needs at least 2 distinct labels, found only {labels[0]!r}")
-    if dev_opt:
-        dev = _parse_file(_option_file(dev_opt, data_dir, "data.dev"), parse, skip_header=True)
-        _check_seen(dev, train)
-    else:
-        train, dev = _carve(train, train_path)
+    split_rows: dict[str, list[Row]] = {}
+    for name, option, setting in (("test", test_opt, "data.test"), ("dev", dev_opt, "data.dev")):
+        if option:
+            split_rows[name] = _parse_file(_option_file(option, data_dir, setting), parse, skip_header=True)
+            _check_seen(split_rows[name], train)
+    for name in ("test", "dev"):
+        if name not in split_rows:
+            train, split_rows[name] = _carve(train, train_path, f"a {name} split")
+    dev, test = split_rows["dev"], split_rows["test"]
     if len(labels) == 2:
-        return _task("tsv", labels, "accuracy", train, dev)
-    return _task("tsv", labels, "f1_macro", train, dev, extra_metrics=("f1_micro", "accuracy"))
+        return _task("tsv", labels, "accuracy", train, dev, test)
+    return _task("tsv", labels, "f1_macro", train, dev, test, extra_metrics=("f1_micro", "accuracy"))

@@ -47,9 +47,9 @@ class Task:
     name: str
     labels: list[str]
     metric: str  # "accuracy" | "mcc" | "f1_micro" | "f1_macro"
-    train: Split
-    dev: Split
-    test: Split | None = None
+    train: Split  # teacher fine-tuning and the transfer set
+    dev: Split  # every choice: early stopping, boosting rounds, pruning, the best trial
+    test: Split  # reported only, never used for a choice
     extra_metrics: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -64,9 +64,7 @@ class Task:
     def fingerprint(self) -> str:
         """Hash of the label set and every split's content (what a cache key needs)."""
         parts = [self.name, self.metric, *self.labels, self.train.fingerprint(), self.dev.fingerprint()]
-        if self.test is not None:
-            parts.append(self.test.fingerprint())
-        return hash_texts(parts)
+        return hash_texts([*parts, self.test.fingerprint()])
 
 
 TaskLoader = Callable[..., Task]
@@ -101,10 +99,10 @@ def load_task(name: str, data_dir: str, limit: int | None = None, **options: obj
         metric=task.metric,
         train=task.train.limit(limit),
         dev=task.dev.limit(limit),
-        test=task.test.limit(limit) if task.test is not None else None,
+        test=task.test.limit(limit),
         extra_metrics=task.extra_metrics,
     )
-    for split_name in ("train", "dev"):
+    for split_name in ("train", "dev", "test"):
         if len(getattr(task, split_name)) == 0:
             raise KDError(f"task {name!r}: the {split_name} split is empty (data.dir={data_dir})")
     return task

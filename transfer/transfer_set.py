@@ -24,7 +24,7 @@ def make_transfer_set(
     vocab_source: EmbeddingVocab | Any | None = None,
     tagger: Tagger | str | None = "auto",
 ) -> TransferSet:
-    """The training split (+ augmented + extra texts), plus the dev split the cache also labels.
+    """The training split (+ augmented + extra texts), plus the dev and test splits the cache also labels.
 
     ``vocab_source``: an ``EmbeddingVocab`` or a teacher (anything with ``tokenizer`` and
     ``model.get_input_embeddings()``) whose embeddings drive the POS-replacement fallback; it is
@@ -33,7 +33,9 @@ def make_transfer_set(
     texts = list(task.train.texts)
     description: dict[str, Any] = {"source": "train"}
     added: list[str] = []
-    seen = set(texts)
+    # Added texts never repeat a training sentence, and never include a held-out (dev or test)
+    # sentence: that would hand the student the teacher's soft label for an evaluation example.
+    seen = set(texts) | set(task.dev.texts) | set(task.test.texts)
     if augment is not None and augment.enabled:
         vocab = vocab_source
         if vocab is not None and not isinstance(vocab, EmbeddingVocab):
@@ -55,6 +57,8 @@ def make_transfer_set(
         labels=labels,
         dev_texts=list(task.dev.texts),
         dev_labels=np.asarray(task.dev.labels, dtype=np.int64),
+        test_texts=list(task.test.texts),
+        test_labels=np.asarray(task.test.labels, dtype=np.int64),
         label_names=list(task.labels),
         task=task.name,
         description=description,

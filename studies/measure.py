@@ -1,0 +1,99 @@
+"""Build, fit and measure one student the one way every study, comparison and probe does.
+
+The same metrics for every student (``dev_*`` to choose by, ``test_*`` to report), its latency
+measured side by side with the teacher's in the same process and the same minutes (alternating
+blocks), so ``latency_ratio_teacher`` compares like with like even on a busy machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from students.base import FitRecord, Reporter, Student
+from students.registry import get_student_class
+from studies.evaluate import evaluate_model, side_by_side_latency
+from studies.pipeline import Prepared, device_of
+
+LATENCY_ROUNDS = 5  # alternating blocks per model; tracking.latency_samples calls per model in all
+
+
+@dataclass
+class Measured:
+    """A fitted student, its metrics, and what its fit wants tracked beside it."""
+
+    student: Student
+    metrics: dict[str, float]
+    records: list[FitRecord]
+
+
+def build_student(prep: Prepared, name: str, hparams: dict[str, Any]) -> Student:
+    """A new, unfitted student of type ``name`` on the study's device and progress settings."""
+    student = get_student_class(name)(**hparams)
+    return student.with_runtime(device_of(prep.cfg), bool(prep.cfg.progress))
+
+
+def shares(metrics: dict[str, float], teacher: dict[str, float], metric: str) -> dict[str, float]:
+    """The student's score as a fraction of the teacher's: on test (reported) and on dev."""
+
+    def ratio(key: str) -> float:
+        denominator = teacher.get(key, 0.0)
+        return metrics[key] / denominator if denominator else float("nan")
+
+    return {"share_of_teacher": ratio(f"test_{metric}"), "dev_share_of_teacher": ratio(f"dev_{metric}")}
+
+
+def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1) -> dict[str, float]:
+    """Student and teacher latency at ``batch_size``, in alternating blocks of the same dev texts."""
+    samples = max(LATENCY_ROUNDS, int(prep.cfg.tracking.latency_samples))
+    timed = side_by_side_latency(
+        {"teacher": prep.teacher.predict_logits, "student": student.predict_logits},
+        prep.task.dev.texts,
+        rounds=LATENCY_ROUNDS,
+        block=max(1, samples // LATENCY_ROUNDS),
+        warmup=2,
+        batch_size=batch_size,
+    )
+    suffix = f"b{batch_size}"
+    return {
+        f"latency_ms_{suffix}": timed["student"],
+        f"teacher_latency_ms_{suffix}": timed["teacher"],
+        f"latency_ratio_teacher{'' if batch_size == 1 else '_' + suffix}": timed["teacher"]
+        / max(timed["student"], 1e-9),
+    }
+
+
+def measure(student: Student, prep: Prepared, batch_latency: int | None = None) -> dict[str, float]:
+    """Every standard metric of a fitted student, latency included (side by side with the teacher)."""
+    metrics = evaluate_model(
+        student.predict_logits,
+        prep.task,
+        prep.cache.dev_logits,
+        student.n_params(),
+        latency_samples=None,
+        teacher_test_logits=prep.cache.test_logits,
+    )
+    metrics |= latency_beside_teacher(student, prep)
+    if batch_latency and batch_latency > 1:
+        metrics |= latency_beside_teacher(student, prep, batch_latency)
+    metrics |= shares(metrics, prep.teacher_metrics, prep.task.metric)
+    return metrics
+
+
+def fit_and_measure(
+    prep: Prepared,
+    name: str,
+    hparams: dict[str, Any],
+    report: Reporter | None = None,
+    batch_latency: int | None = None,
+) -> Measured:
+    """Build a ``name`` student with ``hparams``, fit it on the cache (dev for its choices), measure it."""
+    student = build_student(prep, name, hparams)
+    started = time.perf_counter()
+    student.fit(prep.cache, prep.dev_set(), report)
+    train_seconds = time.perf_counter() - started
+    metrics = measure(student, prep, batch_latency)
+    metrics["train_seconds"] = train_seconds
+    metrics |= student.fit_metrics()
+    return Measured(student, metrics, student.fit_records())
