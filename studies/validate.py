@@ -117,10 +117,9 @@ def check_settings(cfg: DictConfig) -> list[str]:
 
 def check_student(cfg: DictConfig, fixed: dict[str, Any]) -> list[str]:
     """The student's name, and the names and types of the hyper-parameters the config fixes."""
+    from students.objectives import EXTRA_TERMS
     from students.registry import get_student_class
     from students.search_space import check_fixed
-
-    from students.objectives import EXTRA_TERMS
 
     student_cls = get_student_class(str(cfg.student.name))  # an unknown name is a KDError listing the known ones
     extras = tuple(e for e in (cfg.study.get("search_objectives") or ()) if e in EXTRA_TERMS)  # others: reported

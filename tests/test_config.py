@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from students.registry import available_students, get_student_class
-from studies.config import compose, group_options, to_dict
 from students.search_space import sample_hparams
+from studies.config import compose, group_options, to_dict
 from transfer.errors import KDError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
