@@ -66,7 +66,8 @@ def test_rows_are_teacher_then_studied_students(compared: Compared) -> None:
     assert result.rows[1]["n"] == 2
     assert set(result.missing) == set(available_students()) - {"bilstm"}
     assert all(why == "no study" for why in result.missing.values())
-    for key in ("dev_accuracy", "dev_agreement", "latency_ms_b1", "latency_ms_b64", "size_mb", "train_seconds"):
+    assert result.metric == "test_accuracy"  # chosen on dev, reported on test
+    for key in ("test_accuracy", "test_agreement", "latency_ms_b1", "latency_ms_b64", "size_mb", "train_seconds"):
         stat = result.rows[1][key]
         assert isinstance(stat, Stat) and stat.n == 2 and math.isfinite(stat.mean), key
     assert result.rows[1]["size_mb"].mean > 0
@@ -77,9 +78,13 @@ def test_ratios_follow_from_the_rows(compared: Compared) -> None:
     metric = compared.first.metric
     assert student["pct_of_teacher"].mean == pytest.approx(100 * student[metric].mean / teacher[metric].mean)
     assert student["pct_of_teacher"].sd == pytest.approx(100 * student[metric].sd / teacher[metric].mean)
-    for batch in ("b1", "b64"):
-        ratio = teacher[f"latency_ms_{batch}"].mean / student[f"latency_ms_{batch}"].mean
-        assert student[f"speedup_{batch}"] == pytest.approx(ratio)
+    # speed-ups are the mean of each seed's ratio, teacher and student timed side by side
+    seeds = [s.metrics for r in compared.first.results for s in r.seeds]
+    for batch, key in (("b1", "latency_ratio_teacher"), ("b64", "latency_ratio_teacher_b64")):
+        ratios = [m[key] for m in seeds]
+        assert student[f"speedup_{batch}"] == pytest.approx(sum(ratios) / len(ratios))
+        for m in seeds:
+            assert m[key] == pytest.approx(m[f"teacher_latency_ms_{batch}"] / m[f"latency_ms_{batch}"])
         assert teacher[f"speedup_{batch}"] == 1.0
     assert teacher["latency_ms_b1"].mean == compared.first.teacher["latency_ms_b1"]
 
@@ -88,14 +93,14 @@ def test_second_call_reuses_the_seed_runs(compared: Compared) -> None:
     assert compared.fits_second == 0
     first = {s.seed: s for r in compared.first.results for s in r.seeds}
     second = {s.seed: s for r in compared.second.results for s in r.seeds}
-    assert sorted(first) == sorted(second) == [0, 1]
+    assert sorted(first) == sorted(second) == [1000, 1001]  # seeds the search (seed 0) never used
     assert not any(s.reused for s in first.values())
     assert all(s.reused and s.remeasured for s in second.values())
     assert all(first[k].run_id == second[k].run_id for k in first)
-    assert all(first[k].metrics["dev_accuracy"] == second[k].metrics["dev_accuracy"] for k in first)
+    assert all(first[k].metrics["test_accuracy"] == second[k].metrics["test_accuracy"] for k in first)
     seed_runs = _runs(compared.root, "seed_run")
     assert len(seed_runs) == 2
-    assert {r.data.tags["seed"] for r in seed_runs} == {"0", "1"}
+    assert {r.data.tags["seed"] for r in seed_runs} == {"1000", "1001"}
     assert {r.data.tags["student"] for r in seed_runs} == {"bilstm"}
     assert len({r.data.tags["config_hash"] for r in seed_runs}) == 1
     assert len(_runs(compared.root, "comparison")) == 2
