@@ -51,7 +51,7 @@ def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str, setu
     from studies.search import setup_hash
 
     name = f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
-    plain = not setup["fixed"] and not setup["search_objectives"]
+    plain = not setup["fixed"] and not setup["search_objectives"] and not setup.get("min_speedup")
     return name if plain else f"{name}-s{setup_hash(setup)}"
 
 
@@ -92,7 +92,8 @@ def run_study(cfg: DictConfig) -> StudyResult:
     import mlflow
     import optuna
 
-    from studies import search, workers
+    from students.registry import get_student_class
+    from studies import search, search_policy, workers
     from studies.pipeline import load_configured_task, prepare
     from studies.tracking import default_storage, flat_params, git_commit, setup_mlflow
     from studies.validate import validate
@@ -100,7 +101,8 @@ def run_study(cfg: DictConfig) -> StudyResult:
     fixed = fixed_hparams(cfg.student)
     validate(cfg, fixed)  # every setting, before any costly work
     load_configured_task(cfg)  # bad data files, likewise
-    setup = search.study_setup(str(cfg.student.name), fixed, list(cfg.study.get("search_objectives") or ()))
+    extras = list(cfg.study.get("search_objectives") or ())
+    setup = search.study_setup(str(cfg.student.name), fixed, extras, search_policy.min_speedup(cfg))
     experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
     tracking_uri = setup_mlflow(cfg.tracking.uri, experiment)
     prep = prepare(cfg)
@@ -112,6 +114,8 @@ def run_study(cfg: DictConfig) -> StudyResult:
     study = search.open_study(
         name, storage, cfg, prep.cache.key, setup, prep.metric, str(prep.teacher.record.get("key", ""))
     )
+    if cfg.study.get("enqueue_defaults"):
+        search_policy.enqueue_defaults(study, get_student_class(str(cfg.student.name)), fixed, extras)
     # one teacher run per experiment even when workers sharing the cache start together
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)
@@ -157,7 +161,32 @@ def run_study(cfg: DictConfig) -> StudyResult:
                 {f"best_{k}": best_metrics[k] for k in (prep.metric, prep.report_metric) if k in best_metrics}
             )
             _copy_best_model(result.best_run_id)
+        log_trials_pareto(study, prep.metric, f"{cfg.student.name} trials, {cfg.task.name}")
     return result
+
+
+def log_trials_pareto(study: Any, metric: str, title: str) -> None:
+    """Every complete trial on the dev-score / batch-1 latency plane (front marked), as the study run's artifacts.
+
+    With ``study.min_speedup`` this is where a person sees what the constraint cost; without it,
+    which trials a faster student could have come from.
+    """
+    import mlflow
+    from optuna.trial import TrialState
+
+    from studies.report import Point, pareto_html, pareto_png
+
+    points = [
+        Point(f"#{t.number}", float(t.user_attrs["latency_ms_b1"]), float(t.value))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and "latency_ms_b1" in t.user_attrs
+    ]
+    if len(points) < 2:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for writer, suffix in ((pareto_png, "png"), (pareto_html, "html")):
+            path = writer(Path(tmp) / f"trials_pareto.{suffix}", points, "batch-1 latency (ms)", metric, title)
+            mlflow.log_artifact(str(path))
 
 
 def _copy_best_model(run_id: str) -> None:
@@ -186,8 +215,9 @@ def _print_trial(metric: str) -> Any:
 def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, prep: Any) -> StudyResult:
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    from studies.search_policy import best_feasible
+
+    best = best_feasible(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return StudyResult(
         study_name=name,
         storage=storage,
@@ -210,7 +240,9 @@ def describe(result: StudyResult) -> str:
     lines = [f"study {result.study_name!r}: {result.n_finished} finished trials (complete or pruned)"]
     teacher = result.teacher_metrics
     if result.best_trial is None:
-        lines.append("no trial completed (all pruned or failed); see the MLflow runs for reasons")
+        lines.append(
+            "no trial completed (all pruned or failed) or none met study.min_speedup; see the MLflow runs for reasons"
+        )
     else:
         import mlflow
 
