@@ -285,7 +285,20 @@ def write_csv(results: Sequence[TaskResult], path: Path) -> Path:
         for r in results:
             for row in r.rows:
                 writer.writerow(
-                    [r.task, _model_key(row.model), row.metric, row.score.mean, row.score.sd, row.score.n, row.pct.mean, row.agreement.mean, row.params_total, row.params_non_embedding, row.speedup_b1, row.train_seconds]
+                    [
+                        r.task,
+                        _model_key(row.model),
+                        row.metric,
+                        row.score.mean,
+                        row.score.sd,
+                        row.score.n,
+                        row.pct.mean,
+                        row.agreement.mean,
+                        row.params_total,
+                        row.params_non_embedding,
+                        row.speedup_b1,
+                        row.train_seconds,
+                    ]
                 )
     return path
 
