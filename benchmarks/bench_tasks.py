@@ -84,6 +84,10 @@ def run_task(
 
     started = time.perf_counter()
     common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false", *extra]
+    teacher_choice = ""
+    if args.teacher_lrs:
+        lr, teacher_choice = pick_teacher_lr(common, [float(x) for x in args.teacher_lrs.split(",")])
+        common.append(f"teacher.lr={lr}")
     for student in students:
         overrides = [*common, f"student={student}", f"study.n_trials={args.trials}"]
         if args.epochs and student in NEURAL:
@@ -119,8 +123,22 @@ def run_task(
         pareto[kind] = target
     from studies.pipeline import prepare
 
-    record = prepare(compose(common)).teacher.record  # cached: nothing is recomputed
+    record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
+    record["lr_choice"] = teacher_choice
     return TaskResult(task, rows, comparison.missing, (time.perf_counter() - started) / 60, record, pareto)
+
+
+def pick_teacher_lr(common: Sequence[str], lrs: Sequence[float]) -> tuple[float, str]:
+    """Fine-tune one teacher per learning rate (each cached) and keep the best on dev; says what it saw."""
+    from studies.config import compose
+    from studies.pipeline import prepare
+
+    seen = {}
+    for lr in lrs:
+        prep = prepare(compose([*common, f"teacher.lr={lr}"]))
+        seen[lr] = prep.teacher_metrics[prep.metric]
+    best = max(seen, key=seen.__getitem__)
+    return best, ", ".join(f"lr {lr:g}: dev {score:.4f}" for lr, score in seen.items())
 
 
 def _cell(stat: Stat, fmt: str) -> str:
@@ -260,6 +278,7 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
         + "; ".join(
             f"{TASK_LABELS.get(r.task, r.task)} epoch {r.teacher_record.get('chosen_epoch')} of "
             f"{r.teacher_record.get('finetune', {}).get('epochs')}, lr {r.teacher_record.get('finetune', {}).get('lr')}"
+            + (f" (picked on dev: {r.teacher_record['lr_choice']})" if r.teacher_record.get("lr_choice") else "")
             for r in results
         )
         + ".",
@@ -315,6 +334,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
     parser.add_argument("--epochs", type=int, default=0, help="fix neural students' epochs (0 = searched)")
     parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
+    parser.add_argument("--teacher-lrs", default="", help="comma-separated teacher learning rates, best on dev kept")
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
     return parser.parse_args(argv), extra

@@ -13,6 +13,7 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     out = tmp_path / "results" / "tasks.md"
     overrides = [o for o in tiny_overrides if not o.startswith("student.hparams.epochs")]
     argv = ["--tasks", "sst2", "--students", "tree,bilstm", "--trials", "1", "--seeds", "2", "--epochs", "1"]
+    argv += ["--teacher-lrs", "0.001,0.01"]
     results = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     text = out.read_text(encoding="utf-8")
     rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
@@ -22,6 +23,7 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert "SST-2 test_accuracy" in text and "Targets:" in text and "SST-2 bilstm ≥ 97 %" in text
     assert (out.parent / "pareto_sst2.png").stat().st_size > 0 and (out.parent / "pareto_sst2.html").is_file()
     assert results[0].minutes > 0
+    assert "picked on dev: lr 0.001: dev" in text  # the teacher recipe was chosen on dev, and says so
     # a rerun trains nothing new: studies are full and the seed runs are reused
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
