@@ -84,6 +84,8 @@ def run_task(
 
     started = time.perf_counter()
     common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false", *extra]
+    if args.transfer_size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
+        common.append(f"transfer.augment.n={args.transfer_size - 1}")
     teacher_choice = ""
     if args.teacher_lrs:
         lr, teacher_choice = pick_teacher_lr(common, [float(x) for x in args.teacher_lrs.split(",")])
@@ -261,6 +263,7 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
         f"{args.trials} trials per student (pruner {args.pruner}, the student's defaults first), "
         f"{args.seeds} fresh seeds per best configuration"
         + (f", neural students fixed to {args.epochs} epochs" if args.epochs else "")
+        + (f", transfer set {args.transfer_size}× the training sentences" if args.transfer_size > 1 else "")
         + (f", extra overrides `{' '.join(extra)}`" if extra else "")
     )
     lines = [
@@ -334,6 +337,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
     parser.add_argument("--epochs", type=int, default=0, help="fix neural students' epochs (0 = searched)")
     parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
+    parser.add_argument("--transfer-size", type=int, default=1, help="transfer set = K x the training sentences")
     parser.add_argument("--teacher-lrs", default="", help="comma-separated teacher learning rates, best on dev kept")
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
