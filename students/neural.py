@@ -20,11 +20,14 @@ from torch import nn
 
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
+from students.pruning import pack_sparse, remove_pruned, shrink_to_counts, unpack_sparse
 from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
 
 if TYPE_CHECKING:
     from transfer.cache import TransferCache
+
+PRUNING_ARCH = ("sparsity", "units")  # arch.json entries about pruning, not arguments of build_module
 
 
 class StudentModule(nn.Module):
@@ -38,6 +41,26 @@ class StudentModule(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters of lookup tables (token/position embeddings), excluded from non-embedding counts."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def word_embeddings(self) -> nn.Embedding:
+        """The WordPiece lookup whose output is the input x of derivative matching (∂logits/∂x)."""
+        embedding = getattr(self, "embedding", None)
+        if not isinstance(embedding, nn.Embedding):
+            raise NotImplementedError(f"{type(self).__name__} must say which module is its word embedding")
+        return embedding
+
+    # Structured pruning (students.pruning): a module names its units by group, zeroes and removes them.
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """Importance (L2 norm) of every prunable unit, by group; empty = no structured pruning."""
+        return {}
+
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """Zero the weights of the pruned units (bool masks by group) so that their output is exactly 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """Physically keep only the units ``keep`` lists (indices by group): a smaller, faster module."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
 
 
 class NeuralStudent(Student):
@@ -69,7 +92,11 @@ class NeuralStudent(Student):
     def fit_metrics(self) -> dict[str, float]:
         if self.history is None:
             return {}
-        return {"best_epoch": float(self.history.best_epoch), "epochs_run": float(len(self.history.epochs))}
+        return {
+            "best_epoch": float(self.history.best_epoch),
+            "epochs_run": float(len(self.history.epochs)),
+            "sparsity": float(self.arch.get("sparsity", 0.0)),
+        }
 
     @abstractmethod
     def build_module(
@@ -150,6 +177,10 @@ class NeuralStudent(Student):
             report=report,
             progress=self.runtime.progress,
         )
+        self.arch["sparsity"] = self.history.sparsity
+        if self.history.kept_units:  # structured pruning: drop the zeroed units for good
+            self.arch["units"] = remove_pruned(self.module, self.history.kept_units)
+            self.module.to(self.device).eval()
         return self
 
     @torch.no_grad()
@@ -184,15 +215,19 @@ class NeuralStudent(Student):
 
     def _save_state(self, path: Path) -> None:
         assert self.module is not None
-        torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, path / "model.pt")
+        # Unstructured sparsity only shrinks the file when stored sparse (CSR where smaller, see students.pruning).
+        torch.save(pack_sparse({k: v.cpu() for k, v in self.module.state_dict().items()}), path / "model.pt")
         (path / "arch.json").write_text(json.dumps(self.arch))
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
 
     def _load_state(self, path: Path) -> None:
         self._load_tokenizer(path / "tokenizer")
         self.arch = json.loads((path / "arch.json").read_text())
-        self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=None)
-        self.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        build = {k: v for k, v in self.arch.items() if k not in PRUNING_ARCH}
+        self.module = self.build_module(**build, pad_id=self.pad_id, cache=None)
+        if self.arch.get("units"):
+            shrink_to_counts(self.module, self.arch["units"])
+        self.module.load_state_dict(unpack_sparse(torch.load(path / "model.pt", map_location="cpu")))
         self.module.to(self.device).eval()
 
     def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:

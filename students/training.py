@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from students.objectives import DistillationObjective, StudentOutput
+from students.pruning import GradualPruner, zero_fraction
 from transfer.batching import bucketed_batches, pad_batch
 from transfer.settings import FromMapping
 
@@ -65,6 +66,12 @@ class LoopConfig(FromMapping):
     grad_clip: float = 1.0
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
+    # Gradual magnitude pruning during distillation (students.pruning; Zhu & Gupta 2017's cubic schedule)
+    sparsity: float = 0.0  # final share of pruned weights (unstructured) or units (structured); 0 = off
+    prune_structure: str = "structured"  # "structured": LSTM units, CNN filters, BERT heads/neurons; "unstructured"
+    prune_start: float = 0.0  # fraction of the training steps where pruning starts
+    prune_end: float = 0.7  # fraction of the training steps where the target sparsity is reached
+    prune_every: int = 10  # steps between mask updates
 
 
 @dataclass
@@ -86,6 +93,8 @@ class History:
     best_epoch: int = -1
     best_score: float = -math.inf
     seconds: float = 0.0
+    sparsity: float = 0.0  # share of the non-embedding weights that are zero at the end (pruned)
+    kept_units: dict[str, list[int]] | None = None  # structured pruning: the units each group keeps
 
 
 def train_loop(
@@ -124,6 +133,18 @@ def train_loop(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimisers]
+    pruner = None
+    if config.sparsity > 0:
+        pruner = GradualPruner(
+            model,
+            config.sparsity,
+            config.prune_structure,
+            total,
+            config.prune_start,
+            config.prune_end,
+            config.prune_every,
+        )
+    step = 0
     logits_t = torch.from_numpy(np.array(data.teacher_logits, dtype=np.float32))
     labels_t = torch.from_numpy(np.array(data.labels, dtype=np.int64))
     need_acts = objective.needs_activations and data.teacher_activations is not None
@@ -157,18 +178,26 @@ def train_loop(
             for optimiser, scheduler in zip(optimisers, schedulers, strict=True):
                 optimiser.step()
                 scheduler.step()
+            step += 1
+            if pruner is not None:
+                pruner.step(step)
             running += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         record = {"epoch": epoch + 1, "train_loss": running / max(1, seen)}
+        # While pruning has not reached its target, an epoch's model is not the model asked for:
+        # it may neither be kept as the best nor count towards early stopping.
+        eligible = pruner is None or pruner.reached_target()
+        if pruner is not None:
+            record["sparsity"] = pruner.current
         if evaluate is not None:
             model.eval()
             score = evaluate()
             record["dev_score"] = score
-            if score > history.best_score:
+            if eligible and score > history.best_score:
                 history.best_score, history.best_epoch, stale = score, epoch + 1, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
+            elif eligible:
                 stale += 1
             history.epochs.append(record)
             if report is not None:
@@ -180,6 +209,9 @@ def train_loop(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if pruner is not None:
+        history.sparsity = zero_fraction(model)
+        history.kept_units = pruner.kept_units()
     history.seconds = time.perf_counter() - started
     return history
 
