@@ -117,9 +117,8 @@ class BertStudentModule(StudentModule):
             qkv = sum(m.weight.detach().view(-1, size, m.in_features).pow(2).sum((1, 2)) for m in self._qkv(layer))
             out = layer.attention.output.dense.weight.detach().view(-1, attn.num_attention_heads, size)
             scores[f"heads{i}"] = (qkv + out.pow(2).sum((0, 2))).sqrt()
-            scores[f"ffn{i}"] = (
-                layer.intermediate.dense.weight.detach().pow(2).sum(1) + layer.output.dense.weight.detach().pow(2).sum(0)
-            ).sqrt()
+            ffn_in = layer.intermediate.dense.weight.detach().pow(2).sum(1)
+            scores[f"ffn{i}"] = (ffn_in + layer.output.dense.weight.detach().pow(2).sum(0)).sqrt()
         return scores
 
     @staticmethod

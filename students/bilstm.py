@@ -121,7 +121,11 @@ class BiLSTMModule(StudentModule):
             raise ValueError(f"an LSTM keeps the same number of units in every layer and direction, got {keep}")
         new_hidden = sizes.pop()
         new = nn.LSTM(
-            old.input_size, new_hidden, num_layers=old.num_layers, batch_first=True, bidirectional=True,
+            old.input_size,
+            new_hidden,
+            num_layers=old.num_layers,
+            batch_first=True,
+            bidirectional=True,
             dropout=old.dropout,
         ).to(old.weight_hh_l0.device)
         with torch.no_grad():

@@ -236,9 +236,7 @@ def unpack_sparse(state: dict[str, Any]) -> dict[str, torch.Tensor]:
         if name.endswith(_SPARSE):
             shape = value["shape"]
             rows, cols = shape[0], math.prod(shape[1:])
-            csr = torch.sparse_csr_tensor(
-                value["crow"].long(), value["col"].long(), value["values"], size=(rows, cols)
-            )
+            csr = torch.sparse_csr_tensor(value["crow"].long(), value["col"].long(), value["values"], size=(rows, cols))
             out[name[: -len(_SPARSE)]] = csr.to_dense().reshape(shape)
         else:
             out[name] = value

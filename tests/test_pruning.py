@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def test_cubic_schedule_starts_at_zero_and_reaches_the_target() -> None:
     values = [cubic_sparsity(t, 100, 0.8, start=0.1, end=0.6) for t in range(101)]
     assert values[0] == 0.0 and values[10] == 0.0
     assert values[60] == pytest.approx(0.8) and values[100] == pytest.approx(0.8)
-    assert all(b >= a for a, b in zip(values, values[1:], strict=False))  # never un-prunes
+    assert all(b >= a for a, b in itertools.pairwise(values))  # never un-prunes
     # cubic: half-way through the ramp, 1 - (1/2)^3 = 7/8 of the target
     assert cubic_sparsity(35, 100, 0.8, start=0.1, end=0.6) == pytest.approx(0.8 * 7 / 8)
 
