@@ -23,6 +23,8 @@ from students.objectives import DistillationObjective, ObjectiveConfig, StudentO
 from students.pruning import pack_sparse, remove_pruned, shrink_to_counts, unpack_sparse
 from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
+from transfer.derivatives import aligned_lengths, vocabulary_hash
+from transfer.errors import KDError
 
 if TYPE_CHECKING:
     from transfer.cache import TransferCache
@@ -158,7 +160,10 @@ class NeuralStudent(Student):
         extra = self.extra_objective(cache)
         if extra is not None:
             objective = CombinedObjective([objective, extra])
-        data = TrainingData(self.encode(cache.texts), np.asarray(cache.logits), cache.labels, acts)
+        ids = self.encode(cache.texts)
+        data = TrainingData(ids, np.asarray(cache.logits), cache.labels, acts)
+        if float(self.hparams.get("derivative_weight", 0.0)) > 0:
+            data.teacher_derivatives, data.derivative_lengths = self._derivative_targets(cache, ids)
         evaluate = None
         if dev is not None:
             dev_ids = self.encode(dev.split.texts)
@@ -182,6 +187,29 @@ class NeuralStudent(Student):
             self.arch["units"] = remove_pruned(self.module, self.history.kept_units)
             self.module.to(self.device).eval()
         return self
+
+    def _derivative_targets(self, cache: TransferCache, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The cached teacher derivatives and, per text, how many leading tokens align with the teacher's.
+
+        Alignment is token by token, so the student must read the teacher's WordPiece ids; a
+        student whose ``max_length`` differs keeps the positions where both token sequences agree.
+        """
+        info, derivs = cache.derivative_info, cache.derivatives
+        if info is None or derivs is None:
+            raise KDError(
+                "derivative_weight > 0 but the transfer cache holds no teacher derivatives: "
+                "build it with transfer.derivatives=true"
+            )
+        mine = vocabulary_hash(self.tokenizer)
+        if info.get("vocabulary") != mine:
+            raise KDError(
+                f"derivative matching aligns token by token with the teacher's WordPiece tokens, but {self.name} "
+                f"tokenizes with another vocabulary ({mine} vs the teacher's {info.get('vocabulary')}): "
+                "use the cache's tokenizer, or set derivative_weight=0"
+            )
+        enc = self.tokenizer(list(cache.texts), truncation=True, max_length=int(info["max_length"]))
+        teacher_ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+        return derivs, aligned_lengths(ids, teacher_ids)
 
     @torch.no_grad()
     def _logits_from_ids(self, ids: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
