@@ -20,11 +20,16 @@ from torch import nn
 
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
+from students.pruning import pack_sparse, remove_pruned, shrink_to_counts, unpack_sparse
 from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
+from transfer.derivatives import aligned_lengths, vocabulary_hash
+from transfer.errors import KDError
 
 if TYPE_CHECKING:
     from transfer.cache import TransferCache
+
+PRUNING_ARCH = ("sparsity", "units")  # arch.json entries about pruning, not arguments of build_module
 
 
 class StudentModule(nn.Module):
@@ -38,6 +43,26 @@ class StudentModule(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters of lookup tables (token/position embeddings), excluded from non-embedding counts."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def word_embeddings(self) -> nn.Embedding:
+        """The WordPiece lookup whose output is the input x of derivative matching (∂logits/∂x)."""
+        embedding = getattr(self, "embedding", None)
+        if not isinstance(embedding, nn.Embedding):
+            raise NotImplementedError(f"{type(self).__name__} must say which module is its word embedding")
+        return embedding
+
+    # Structured pruning (students.pruning): a module names its units by group, zeroes and removes them.
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """Importance (L2 norm) of every prunable unit, by group; empty = no structured pruning."""
+        return {}
+
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """Zero the weights of the pruned units (bool masks by group) so that their output is exactly 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """Physically keep only the units ``keep`` lists (indices by group): a smaller, faster module."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
 
 
 class NeuralStudent(Student):
@@ -69,7 +94,11 @@ class NeuralStudent(Student):
     def fit_metrics(self) -> dict[str, float]:
         if self.history is None:
             return {}
-        return {"best_epoch": float(self.history.best_epoch), "epochs_run": float(len(self.history.epochs))}
+        return {
+            "best_epoch": float(self.history.best_epoch),
+            "epochs_run": float(len(self.history.epochs)),
+            "sparsity": float(self.arch.get("sparsity", 0.0)),
+        }
 
     @abstractmethod
     def build_module(
@@ -131,7 +160,10 @@ class NeuralStudent(Student):
         extra = self.extra_objective(cache)
         if extra is not None:
             objective = CombinedObjective([objective, extra])
-        data = TrainingData(self.encode(cache.texts), np.asarray(cache.logits), cache.labels, acts)
+        ids = self.encode(cache.texts)
+        data = TrainingData(ids, np.asarray(cache.logits), cache.labels, acts)
+        if float(self.hparams.get("derivative_weight", 0.0)) > 0:
+            data.teacher_derivatives, data.derivative_lengths = self._derivative_targets(cache, ids)
         evaluate = None
         if dev is not None:
             dev_ids = self.encode(dev.split.texts)
@@ -150,7 +182,34 @@ class NeuralStudent(Student):
             report=report,
             progress=self.runtime.progress,
         )
+        self.arch["sparsity"] = self.history.sparsity
+        if self.history.kept_units:  # structured pruning: drop the zeroed units for good
+            self.arch["units"] = remove_pruned(self.module, self.history.kept_units)
+            self.module.to(self.device).eval()
         return self
+
+    def _derivative_targets(self, cache: TransferCache, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The cached teacher derivatives and, per text, how many leading tokens align with the teacher's.
+
+        Alignment is token by token, so the student must read the teacher's WordPiece ids; a
+        student whose ``max_length`` differs keeps the positions where both token sequences agree.
+        """
+        info, derivs = cache.derivative_info, cache.derivatives
+        if info is None or derivs is None:
+            raise KDError(
+                "derivative_weight > 0 but the transfer cache holds no teacher derivatives: "
+                "build it with transfer.derivatives=true"
+            )
+        mine = vocabulary_hash(self.tokenizer)
+        if info.get("vocabulary") != mine:
+            raise KDError(
+                f"derivative matching aligns token by token with the teacher's WordPiece tokens, but {self.name} "
+                f"tokenizes with another vocabulary ({mine} vs the teacher's {info.get('vocabulary')}): "
+                "use the cache's tokenizer, or set derivative_weight=0"
+            )
+        enc = self.tokenizer(list(cache.texts), truncation=True, max_length=int(info["max_length"]))
+        teacher_ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+        return derivs, aligned_lengths(ids, teacher_ids)
 
     @torch.no_grad()
     def _logits_from_ids(self, ids: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -184,15 +243,19 @@ class NeuralStudent(Student):
 
     def _save_state(self, path: Path) -> None:
         assert self.module is not None
-        torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, path / "model.pt")
+        # Unstructured sparsity only shrinks the file when stored sparse (CSR where smaller, see students.pruning).
+        torch.save(pack_sparse({k: v.cpu() for k, v in self.module.state_dict().items()}), path / "model.pt")
         (path / "arch.json").write_text(json.dumps(self.arch))
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
 
     def _load_state(self, path: Path) -> None:
         self._load_tokenizer(path / "tokenizer")
         self.arch = json.loads((path / "arch.json").read_text())
-        self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=None)
-        self.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        build = {k: v for k, v in self.arch.items() if k not in PRUNING_ARCH}
+        self.module = self.build_module(**build, pad_id=self.pad_id, cache=None)
+        if self.arch.get("units"):
+            shrink_to_counts(self.module, self.arch["units"])
+        self.module.load_state_dict(unpack_sparse(torch.load(path / "model.pt", map_location="cpu")))
         self.module.to(self.device).eval()
 
     def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:

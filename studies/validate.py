@@ -78,6 +78,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "transfer.train_limit": _int_at_least(1, optional=True),
     "transfer.label_batch_size": _int_at_least(1),
     "transfer.augment.n": _int_at_least(0),
+    "transfer.derivatives": _bool,
     "study.n_trials": _int_at_least(1),
     "study.timeout": _positive_number(optional=True),
     "study.sampler": _one_of("tpe", "random"),
@@ -114,6 +115,16 @@ def check_settings(cfg: DictConfig) -> list[str]:
     if unknown:
         known = ", ".join(EXTRA_TERMS)
         problems.append(f"study.search_objectives: unknown term(s) {', '.join(unknown)}; known: {known}")
+    if "derivative" in extras and not cfg.transfer.get("derivatives", False):
+        problems.append(
+            "study.search_objectives contains derivative, which needs the teacher's input derivatives in the cache: "
+            "add transfer.derivatives=true"
+        )
+    sparsities = cfg.get("compare", {}).get("sparsities") or []
+    if not isinstance(sparsities, list | tuple) and not OmegaConf.is_list(sparsities):
+        problems.append(f"compare.sparsities={sparsities!r}: expected a list of numbers in (0, 1)")
+    elif any(not _is_number(v) or not 0 < v < 1 for v in sparsities):
+        problems.append(f"compare.sparsities={list(sparsities)!r}: expected numbers in (0, 1)")
     return problems
 
 
@@ -133,5 +144,11 @@ def validate(cfg: DictConfig, fixed: dict[str, Any] | None = None) -> None:
     problems = check_settings(cfg)
     if fixed is not None:
         problems += check_student(cfg, fixed)
+        weight = fixed.get("derivative_weight")
+        if _is_number(weight) and weight > 0 and not cfg.transfer.get("derivatives", False):
+            problems.append(
+                "student.hparams.derivative_weight > 0 needs the teacher's input derivatives in the cache: "
+                "add transfer.derivatives=true"
+            )
     if problems:
         raise KDError("bad settings:\n  " + "\n  ".join(problems))
