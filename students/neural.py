@@ -7,6 +7,7 @@ student initialised from the teacher's WordPiece embeddings sees exactly the tea
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -77,8 +78,33 @@ class NeuralStudent(Student):
 
     @property
     def device(self) -> torch.device:
-        """The runtime's device (``device=`` of the study): never chosen behind the caller's back."""
-        return self.runtime.torch_device()
+        """The runtime's device (``device=`` of the study): never chosen behind the caller's back.
+
+        An int8 student (``quantized``) runs on the CPU whatever the runtime says: its kernels are CPU ones.
+        """
+        return torch.device("cpu") if self.int8 else self.runtime.torch_device()
+
+    @property
+    def int8(self) -> bool:
+        """Whether the Linear/LSTM layers run as dynamic int8 (an inference-only export, ``quantized``)."""
+        return bool(self.arch.get("int8"))
+
+    def quantized(self) -> NeuralStudent:
+        """A CPU copy whose ``nn.Linear`` and ``nn.LSTM`` layers run in dynamic int8 (``students.export``).
+
+        It predicts, saves and loads like any student (``arch.json`` records ``int8``); it cannot be fitted.
+        """
+        from students.export import quantize_int8
+
+        assert self.module is not None, "fit or load the student first"
+        twin = copy.copy(self)
+        twin.hparams, twin.arch = dict(self.hparams), {**self.arch, "int8": True}
+        twin.module = quantize_int8(self.module)
+        return twin
+
+    def _module_arch(self) -> dict[str, Any]:
+        """The ``build_module`` arguments: ``arch`` less its export flag."""
+        return {k: v for k, v in self.arch.items() if k != "int8"}
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -243,19 +269,27 @@ class NeuralStudent(Student):
 
     def _save_state(self, path: Path) -> None:
         assert self.module is not None
+        state = self.module.state_dict()  # int8 (CPU only): as is, its version metadata tells how to load it
         # Unstructured sparsity only shrinks the file when stored sparse (CSR where smaller, see students.pruning).
-        torch.save(pack_sparse({k: v.cpu() for k, v in self.module.state_dict().items()}), path / "model.pt")
+        torch.save(state if self.int8 else pack_sparse({k: v.cpu() for k, v in state.items()}), path / "model.pt")
         (path / "arch.json").write_text(json.dumps(self.arch))
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
 
     def _load_state(self, path: Path) -> None:
         self._load_tokenizer(path / "tokenizer")
         self.arch = json.loads((path / "arch.json").read_text())
-        build = {k: v for k, v in self.arch.items() if k not in PRUNING_ARCH}
+        build = {k: v for k, v in self._module_arch().items() if k not in PRUNING_ARCH}
         self.module = self.build_module(**build, pad_id=self.pad_id, cache=None)
         if self.arch.get("units"):
             shrink_to_counts(self.module, self.arch["units"])
-        self.module.load_state_dict(unpack_sparse(torch.load(path / "model.pt", map_location="cpu")))
+        if self.int8:
+            from students.export import quantize_int8
+
+            self.module = quantize_int8(self.module)
+        # int8 layers hold packed-parameter objects that only a full unpickling restores: load
+        # such a student only from a source you trust (as any forest student, a joblib pickle).
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=not self.int8)
+        self.module.load_state_dict(unpack_sparse(state))
         self.module.to(self.device).eval()
 
     def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:
