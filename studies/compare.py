@@ -317,7 +317,7 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     from studies import workers
     from studies.best import check_studies_exist
     from studies.pipeline import planned_teacher, prepare
-    from studies.tracking import default_storage, setup_mlflow
+    from studies.tracking import default_storage, set_runs_view, setup_mlflow
     from studies.validate import validate
 
     validate(cfg)
@@ -330,6 +330,7 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     storage = workers.make_storage(storage_url, int(cfg.study.heartbeat_interval))
     check_studies_exist(storage, str(cfg.task.name), planned_teacher(cfg), storage_url, list(overrides))
     prep = prepare(cfg)
+    set_runs_view(mlflow.get_experiment_by_name(experiment).experiment_id, prep.task.metric_names)
     studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted)
     seeds = seeds_of(cfg, [s for best in studied.best for s in best.search_seeds])
     if not studied.best:
@@ -383,7 +384,12 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
         "students": ",".join(r.best.student for r in done),
         "missing": ",".join(sorted(studied.missing)),
     }
-    with mlflow.start_run(run_name=f"compare-{cfg.task.name}", tags=tags) as run:
+    note = (
+        f"Every studied student's best configuration retrained over {len(seeds)} seed(s), beside the teacher: "
+        f"the report is `comparison.md` (and `.csv`), the Pareto plot of {metric} vs batch-1 latency is "
+        "`pareto.png` (interactive: `pareto.html`), in this run's artifacts; each seed is a `<student>-seed-<n>` run."
+    )
+    with mlflow.start_run(run_name=f"compare-{cfg.task.name}", tags={**tags, "mlflow.note.content": note}) as run:
         mlflow.log_params({"seeds": ",".join(map(str, seeds)), "batch_latency": batch})
         for row in rows[1:]:
             score = row[metric]

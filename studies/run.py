@@ -95,7 +95,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
     from students.registry import get_student_class
     from studies import search, search_policy, workers
     from studies.pipeline import load_configured_task, prepare
-    from studies.tracking import default_storage, flat_params, git_commit, setup_mlflow
+    from studies.tracking import default_storage, flat_params, git_commit, set_runs_view, setup_mlflow
     from studies.validate import validate
 
     fixed = fixed_hparams(cfg.student)
@@ -119,7 +119,10 @@ def run_study(cfg: DictConfig) -> StudyResult:
     # one teacher run per experiment even when workers sharing the cache start together
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)
-    workers.close_dead_study_runs(mlflow.get_experiment_by_name(experiment).experiment_id, name)
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    workers.close_dead_study_runs(experiment_id, name)
+    set_runs_view(experiment_id, prep.task.metric_names)
+    link_dashboard_to_mlflow(study, experiment, tracking_uri)
 
     tags = {
         "study_name": name,
@@ -138,6 +141,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
     ) as parent:
         mlflow.log_params(flat_params(OmegaConf.to_container(cfg, resolve=True)))  # type: ignore[arg-type]
         mlflow.log_params({"study.storage_url": storage_url})
+        mlflow.set_tag("mlflow.note.content", study_run_note(name, storage_url, str(cfg.student.name), prep.metric))
         mlflow.log_metrics({f"teacher_{k}": v for k, v in prep.teacher_metrics.items()})
         # Counts every worker's finished and running trials (and fails those of dead workers), so
         # N workers on one study stop at the target together; see workers.needs_more_trials.
@@ -187,6 +191,33 @@ def log_trials_pareto(study: Any, metric: str, title: str) -> None:
         for writer, suffix in ((pareto_png, "png"), (pareto_html, "html")):
             path = writer(Path(tmp) / f"trials_pareto.{suffix}", points, "batch-1 latency (ms)", metric, title)
             mlflow.log_artifact(str(path))
+
+
+def study_run_note(name: str, storage_url: str, student: str, metric: str) -> str:
+    """The study run's description in MLflow: which Optuna study it is and how to watch that study."""
+    return (
+        f"Optuna study `{name}` of `{student}` students, maximising `{metric}` (chosen on dev; test only reported). "
+        f"One child run `{student}-trial-<n>` per trial this invocation ran; pruned trials end FINISHED with "
+        f'"(pruned)" in their name. Watch the search: `optuna-dashboard {storage_url}`'
+    )
+
+
+def link_dashboard_to_mlflow(study: Any, experiment: str, tracking_uri: str) -> None:
+    """A note on the study's optuna-dashboard page naming the MLflow experiment and runs that track it."""
+    import warnings
+
+    from optuna_dashboard import get_note, save_note
+
+    if get_note(study):
+        return  # a person's note, or ours from an earlier invocation
+    body = (
+        f"# {study.study_name}\n\nTracked in MLflow experiment `{experiment}` (`mlflow ui --backend-store-uri "
+        f"{tracking_uri}`): parent runs `study-{study.study_name}`, one child run per trial; the trial's "
+        "`mlflow_run_id` user attribute names its run."
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_note(study, body)
 
 
 def _copy_best_model(run_id: str) -> None:

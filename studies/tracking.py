@@ -47,8 +47,67 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
             except MlflowException:
                 if mlflow.get_experiment_by_name(experiment) is None:
                     raise
-    mlflow.set_experiment(experiment)
+    exp = mlflow.set_experiment(experiment)
+    open_on_training_runs(exp.experiment_id)
     return uri
+
+
+# MLflow 3 opens an experiment on its GenAI overview (traces, token usage) unless the experiment
+# says it holds model training; the UI's "Machine learning" switch writes this same tag.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+# A runs-table view stored in the experiment, opened by ``#/experiments/<id>/runs?viewStateShareKey=<key>``
+# (MLflow's "share view"): the metric columns a person compares, not only Source/Models/Dataset.
+RUNS_VIEW_KEY = "kd-students-runs"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+NOTE_TAG = "mlflow.note.content"
+
+
+def open_on_training_runs(experiment_id: str) -> None:
+    """Tag the experiment as model training (unless a person already chose a kind in the UI)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def runs_view_columns(task_metrics: Sequence[str]) -> list[str]:
+    """The runs table's columns in the experiment's view: test scores first, then share, speed and size."""
+    metrics = [f"test_{m}" for m in task_metrics] + ["share_of_teacher", "latency_ratio_teacher", "latency_ms_b1"]
+    metrics += [f"dev_{task_metrics[0]}", "test_agreement", "params_total", "params_non_embedding", "train_seconds"]
+    tags = ["student", "state"]
+    return [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in tags]
+
+
+def runs_view_url(experiment_id: str) -> str:
+    """The path (after the server's address) of the experiment's runs table with the metric columns."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+
+
+def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
+    """Store the metric-column view in the experiment and link it from the experiment's description.
+
+    MLflow keeps a person's own column choice in their browser; a new user opening the
+    experiment sees no metric column until they add them by hand, so the description (shown
+    above the runs) links to this view. A description a person wrote is left alone.
+    """
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    view = {"selectedColumns": runs_view_columns(task_metrics), "runListHidden": False}
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(view))
+    if NOTE_TAG not in client.get_experiment(experiment_id).tags:
+        note = (
+            f"Knowledge-distillation studies (kd-students). [Open the runs table with the metric columns]"
+            f"({runs_view_url(experiment_id)}): test scores, `share_of_teacher` (test score / the teacher's), "
+            "`latency_ratio_teacher` (teacher batch-1 latency / the student's, measured side by side), "
+            "`latency_ms_b1`. One parent run `study-<study name>` per `studies.run` invocation holds one child run "
+            "`<student>-trial-<n>` per Optuna trial; `compare-<task>` runs hold the comparison report and Pareto plot."
+        )
+        client.set_experiment_tag(experiment_id, NOTE_TAG, note)
 
 
 def git_commit() -> str:

@@ -56,10 +56,14 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric of this task, main metric first."""
+        return (self.metric, *[m for m in self.extra_metrics if m != self.metric])
+
     def score(self, y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> dict[str, float]:
         """Every metric of this task, main metric first, keyed by metric name."""
-        names = (self.metric, *[m for m in self.extra_metrics if m != self.metric])
-        return {name: compute_score(name, y_true, y_pred) for name in names}
+        return {name: compute_score(name, y_true, y_pred) for name in self.metric_names}
 
     def fingerprint(self) -> str:
         """Hash of the label set and every split's content (what a cache key needs)."""

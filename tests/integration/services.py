@@ -170,22 +170,46 @@ def mlflow_server(backend_uri: str, workdir: Path, timeout: float = 180) -> Iter
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({proc.returncode}):\n{_tail(workdir / 'mlflow-server.log')}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not up after {timeout}s:\n{_tail(workdir / 'mlflow-server.log')}")
-            time.sleep(0.5)
+        _wait_http(proc, f"{url}/health", timeout, workdir / "mlflow-server.log", "mlflow server")
         yield url
     finally:
         stop_process_group(proc)
+
+
+@contextmanager
+def optuna_dashboard_server(storage_url: str, workdir: Path, timeout: float = 60) -> Iterator[str]:
+    """Run ``optuna-dashboard`` on ``storage_url`` on a free loopback port; yields its http URL."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).parent / "optuna-dashboard"  # the venv's script, even when the venv is not active
+    exe = str(beside) if beside.exists() else shutil.which("optuna-dashboard") or "optuna-dashboard"
+    cmd = [exe, storage_url, "--host", "127.0.0.1", "--port", str(port)]
+    log_path = workdir / "optuna-dashboard.log"
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(proc, f"{url}/api/studies", timeout, log_path, "optuna-dashboard")
+        yield url
+    finally:
+        stop_process_group(proc)
+
+
+def _wait_http(proc: subprocess.Popen, url: str, timeout: float, log_path: Path, what: str) -> None:
+    """Wait until ``url`` answers 200, failing early (with the log) if the server process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not up after {timeout}s:\n{_tail(log_path)}")
+        time.sleep(0.5)
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
