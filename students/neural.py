@@ -289,7 +289,8 @@ class NeuralStudent(Student):
         # int8 layers hold packed-parameter objects that only a full unpickling restores: load
         # such a student only from a source you trust (as any forest student, a joblib pickle).
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=not self.int8)
-        self.module.load_state_dict(unpack_sparse(state))
+        # (int8 states keep their version metadata: a rebuilt dict would lose it, and they are never packed sparse)
+        self.module.load_state_dict(state if self.int8 else unpack_sparse(state))
         self.module.to(self.device).eval()
 
     def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:
