@@ -110,7 +110,7 @@ def _rows(array: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Ten
     return torch.from_numpy(values[np.argsort(np.argsort(idx))]).to(device)
 
 
-def _derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: torch.device) -> dict:
+def derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: torch.device) -> dict:
     """The teacher's attributions cropped or padded to the batch's width, and the aligned-position mask."""
     derivs = _rows(data.teacher_derivatives, idx, device)[:, :width]  # type: ignore[arg-type]
     if derivs.shape[1] < width:
@@ -120,7 +120,7 @@ def _derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device:
     return {"teacher_derivatives": derivs, "derivative_mask": mask}
 
 
-class _EmbeddingCapture:
+class EmbeddingCapture:
     """Within ``with``: records the word-embedding output of each forward, as a tensor gradients can reach.
 
     cuDNN's RNN kernels have no double backward, so cuDNN is switched off meanwhile (CPU is unaffected).
@@ -141,7 +141,7 @@ class _EmbeddingCapture:
         self.output = output
         return output
 
-    def __enter__(self) -> _EmbeddingCapture:
+    def __enter__(self) -> EmbeddingCapture:
         self.output = None
         self._handle = self.module.register_forward_hook(self._hook)
         self._cudnn = torch.backends.cudnn.flags(enabled=False)
@@ -209,7 +209,7 @@ def train_loop(
         raise ValueError(
             "derivative_weight > 0 needs a cache with the teacher's input derivatives (transfer.derivatives=true)"
         )
-    captured = _EmbeddingCapture(model) if need_derivs else None
+    captured = EmbeddingCapture(model) if need_derivs else None
     history = History()
     best_state: dict | None = None
     stale = 0
@@ -226,7 +226,7 @@ def train_loop(
             if need_acts:
                 batch["teacher_activations"] = _rows(data.teacher_activations, idx, device)  # type: ignore[arg-type]
             if need_derivs:
-                batch |= _derivative_targets(data, idx, input_ids.shape[1], device)
+                batch |= derivative_targets(data, idx, input_ids.shape[1], device)
             with captured if captured is not None else contextlib.nullcontext():
                 out: StudentOutput = model(input_ids, mask)
             if captured is not None:
