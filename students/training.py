@@ -123,7 +123,8 @@ def derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: 
 class EmbeddingCapture:
     """Within ``with``: records the word-embedding output of each forward, as a tensor gradients can reach.
 
-    cuDNN's RNN kernels have no double backward, so cuDNN is switched off meanwhile (CPU is unaffected).
+    cuDNN's RNN kernels and the fused attention kernels (flash, memory-efficient) have no double
+    backward, so meanwhile cuDNN is off and attention uses the plain math kernel (CPU runs as before).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -133,7 +134,7 @@ class EmbeddingCapture:
         self.module: nn.Module = lookup()
         self.output: torch.Tensor | None = None
         self._handle: Any = None
-        self._cudnn: Any = None
+        self._stack = contextlib.ExitStack()
 
     def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if not output.requires_grad:  # a frozen table: differentiate w.r.t. its output all the same
@@ -144,13 +145,17 @@ class EmbeddingCapture:
     def __enter__(self) -> EmbeddingCapture:
         self.output = None
         self._handle = self.module.register_forward_hook(self._hook)
-        self._cudnn = torch.backends.cudnn.flags(enabled=False)
-        self._cudnn.__enter__()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        if any(p.is_cuda for p in self.module.parameters()):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            self._stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
-        self._cudnn.__exit__(*exc)
+        self._stack.close()
 
 
 def train_loop(

@@ -179,3 +179,23 @@ def test_chain_assistant_labels_derivatives_for_the_next_link(derivative_cache, 
     assert produced.derivatives is not None and produced.derivative_info["max_length"] == FAST["max_length"]
     assert np.abs(np.asarray(produced.derivatives, dtype=np.float32)).max() > 0
     assert np.isfinite(chain.predict_logits(tiny_task.dev.texts)).all()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("study.search_objectives=[derivative]", r"add transfer\.derivatives=true"),
+        ("student.hparams.derivative_weight=1.0", r"add transfer\.derivatives=true"),
+        ("student.hparams.sparsity=1.5", r"sparsity=1\.5: expected a number in \[0, 1\)"),
+        ("student.hparams.prune_structure=rows", "expected structured or unstructured"),
+    ],
+)
+def test_derivative_and_pruning_settings_are_checked_before_any_work(
+    override: str, expected: str, tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    from studies.config import compose
+    from studies.run import run_study
+
+    with pytest.raises(KDError, match=expected):
+        run_study(compose([*tiny_overrides, override]))
+    assert not (tmp_path / "cache").exists()
