@@ -22,9 +22,10 @@ from torch import nn
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
 from students.pruning import pack_sparse, remove_pruned, shrink_to_counts, unpack_sparse
-from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
+from students.training import CombinedObjective, EmbeddingCapture, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
-from transfer.derivatives import aligned_lengths, vocabulary_hash
+from transfer.derivatives import FORM as DERIVATIVE_FORM
+from transfer.derivatives import aligned_lengths, gradient_times_input, vocabulary_hash
 from transfer.errors import KDError
 
 if TYPE_CHECKING:
@@ -249,6 +250,32 @@ class NeuralStudent(Student):
 
     def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
         return self._logits_from_ids(self.encode(texts))
+
+    def input_derivatives(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, sentence vectors and gradient × input per token and class [B, T, C] of one batch.
+
+        What a student labelling for the next link of a chain gives, so that link can match derivatives too.
+        """
+        assert self.module is not None, "fit or load the student first"
+        self.module.eval()
+        input_ids, mask = pad_batch(self.encode(texts), self.pad_id, self.device)
+        with torch.enable_grad(), EmbeddingCapture(self.module) as capture:
+            out = self.module(input_ids, mask)
+        assert capture.output is not None
+        derivs = gradient_times_input(out.logits, capture.output)[:, : input_ids.shape[1]].detach()
+        derivs = derivs * mask.unsqueeze(-1).to(derivs.dtype)
+        return (
+            out.logits.detach().float().cpu().numpy(),
+            out.sentence.detach().float().cpu().numpy(),
+            derivs.float().cpu().numpy(),
+        )
+
+    def derivative_info(self) -> dict[str, Any]:
+        return {
+            "form": DERIVATIVE_FORM,
+            "max_length": int(self.hparams["max_length"]),
+            "vocabulary": vocabulary_hash(self.tokenizer),
+        }
 
     @torch.no_grad()
     def sentence_representations(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

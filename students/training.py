@@ -110,7 +110,7 @@ def _rows(array: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Ten
     return torch.from_numpy(values[np.argsort(np.argsort(idx))]).to(device)
 
 
-def _derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: torch.device) -> dict:
+def derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: torch.device) -> dict:
     """The teacher's attributions cropped or padded to the batch's width, and the aligned-position mask."""
     derivs = _rows(data.teacher_derivatives, idx, device)[:, :width]  # type: ignore[arg-type]
     if derivs.shape[1] < width:
@@ -120,10 +120,11 @@ def _derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device:
     return {"teacher_derivatives": derivs, "derivative_mask": mask}
 
 
-class _EmbeddingCapture:
+class EmbeddingCapture:
     """Within ``with``: records the word-embedding output of each forward, as a tensor gradients can reach.
 
-    cuDNN's RNN kernels have no double backward, so cuDNN is switched off meanwhile (CPU is unaffected).
+    cuDNN's RNN kernels and the fused attention kernels (flash, memory-efficient) have no double
+    backward, so meanwhile cuDNN is off and attention uses the plain math kernel (CPU runs as before).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -133,7 +134,7 @@ class _EmbeddingCapture:
         self.module: nn.Module = lookup()
         self.output: torch.Tensor | None = None
         self._handle: Any = None
-        self._cudnn: Any = None
+        self._stack = contextlib.ExitStack()
 
     def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if not output.requires_grad:  # a frozen table: differentiate w.r.t. its output all the same
@@ -141,16 +142,20 @@ class _EmbeddingCapture:
         self.output = output
         return output
 
-    def __enter__(self) -> _EmbeddingCapture:
+    def __enter__(self) -> EmbeddingCapture:
         self.output = None
         self._handle = self.module.register_forward_hook(self._hook)
-        self._cudnn = torch.backends.cudnn.flags(enabled=False)
-        self._cudnn.__enter__()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        if any(p.is_cuda for p in self.module.parameters()):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            self._stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
-        self._cudnn.__exit__(*exc)
+        self._stack.close()
 
 
 def train_loop(
@@ -209,7 +214,7 @@ def train_loop(
         raise ValueError(
             "derivative_weight > 0 needs a cache with the teacher's input derivatives (transfer.derivatives=true)"
         )
-    captured = _EmbeddingCapture(model) if need_derivs else None
+    captured = EmbeddingCapture(model) if need_derivs else None
     history = History()
     best_state: dict | None = None
     stale = 0
@@ -226,7 +231,7 @@ def train_loop(
             if need_acts:
                 batch["teacher_activations"] = _rows(data.teacher_activations, idx, device)  # type: ignore[arg-type]
             if need_derivs:
-                batch |= _derivative_targets(data, idx, input_ids.shape[1], device)
+                batch |= derivative_targets(data, idx, input_ids.shape[1], device)
             with captured if captured is not None else contextlib.nullcontext():
                 out: StudentOutput = model(input_ids, mask)
             if captured is not None:

@@ -144,6 +144,12 @@ def validate(cfg: DictConfig, fixed: dict[str, Any] | None = None) -> None:
     problems = check_settings(cfg)
     if fixed is not None:
         problems += check_student(cfg, fixed)
+        sparsity = fixed.get("sparsity")
+        if sparsity is not None and (not _is_number(sparsity) or not 0 <= sparsity < 1):
+            problems.append(f"student.hparams.sparsity={sparsity!r}: expected a number in [0, 1)")
+        structure = fixed.get("prune_structure")
+        if structure is not None and structure not in ("structured", "unstructured"):
+            problems.append(f"student.hparams.prune_structure={structure!r}: expected structured or unstructured")
         weight = fixed.get("derivative_weight")
         if _is_number(weight) and weight > 0 and not cfg.transfer.get("derivatives", False):
             problems.append(

@@ -12,7 +12,7 @@ import torch
 
 from students.objectives import DistillationObjective, ObjectiveConfig
 from students.registry import build_student
-from students.training import TrainingData, _derivative_targets, _EmbeddingCapture
+from students.training import EmbeddingCapture, TrainingData, derivative_targets
 from transfer.batching import pad_batch
 from transfer.cache import STATS, TransferCache, cache_key, get_or_build_cache
 from transfer.derivatives import aligned_lengths, gradient_times_input
@@ -96,9 +96,9 @@ def derivative_term(student, cache: TransferCache, n: int = 24) -> float:
     idx = np.arange(n)
     input_ids, mask = pad_batch(ids, student.pad_id, torch.device("cpu"))
     batch = {"teacher_logits": torch.from_numpy(data.teacher_logits).float(), "labels": torch.from_numpy(data.labels)}
-    batch |= _derivative_targets(data, idx, input_ids.shape[1], torch.device("cpu"))
+    batch |= derivative_targets(data, idx, input_ids.shape[1], torch.device("cpu"))
     objective = DistillationObjective(ObjectiveConfig(kd_weight=0.0, derivative_weight=1.0), module.sentence_dim, None)
-    with _EmbeddingCapture(module) as capture:
+    with EmbeddingCapture(module) as capture:
         out = module(input_ids, mask)
     out.embedded = capture.output
     _, terms = objective(out, batch)
@@ -166,3 +166,36 @@ def test_alignment_stops_at_the_first_differing_token() -> None:
     student = [np.array([101, 5, 6, 102]), np.array([101, 5, 6, 7, 8, 102])]
     teacher = [np.array([101, 5, 6, 102]), np.array([101, 5, 6, 102])]  # the teacher truncated the second text
     assert aligned_lengths(student, teacher).tolist() == [4, 3]
+
+
+def test_chain_assistant_labels_derivatives_for_the_next_link(derivative_cache, tiny_task) -> None:
+    chain = build_student(
+        "chain",
+        links=["bilstm", "cnn"],
+        link0={**FAST, "hidden_size": 16, "mlp_dim": 16, "derivative_weight": 1.0},
+        link1={**FAST, "n_filters": 4, "derivative_weight": 1.0},
+    ).fit(derivative_cache)
+    produced = TransferCache(derivative_cache.path.parent / chain.cache_keys[1])
+    assert produced.derivatives is not None and produced.derivative_info["max_length"] == FAST["max_length"]
+    assert np.abs(np.asarray(produced.derivatives, dtype=np.float32)).max() > 0
+    assert np.isfinite(chain.predict_logits(tiny_task.dev.texts)).all()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("study.search_objectives=[derivative]", r"add transfer\.derivatives=true"),
+        ("student.hparams.derivative_weight=1.0", r"add transfer\.derivatives=true"),
+        ("student.hparams.sparsity=1.5", r"sparsity=1\.5: expected a number in \[0, 1\)"),
+        ("student.hparams.prune_structure=rows", "expected structured or unstructured"),
+    ],
+)
+def test_derivative_and_pruning_settings_are_checked_before_any_work(
+    override: str, expected: str, tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    from studies.config import compose
+    from studies.run import run_study
+
+    with pytest.raises(KDError, match=expected):
+        run_study(compose([*tiny_overrides, override]))
+    assert not (tmp_path / "cache").exists()
