@@ -194,7 +194,7 @@ def make_objective(
             trial.set_user_attr(prep.report_metric, metrics[prep.report_metric])
             previous = best_value(trial.study)
             if prep.cfg.tracking.log_models == "best" and (previous is None or metrics[metric] > previous):
-                log_student(measured.student, "student")
+                log_student(measured.student, "student", prep.cache.label_names, prep.task.dev.texts[:2])
             return metrics[metric]
 
     return objective
