@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from students.base import Student
 from studies.config import compose
+from studies.deploy import deploy
 from studies.models import input_texts, predictions_frame, softmax
 from studies.run import StudyResult, run_study
 from transfer.errors import KDError
@@ -38,6 +39,7 @@ SERVER_START_S = 90  # a cold `mlflow models serve` on a busy 2-core machine
 class Studied:
     root: Path
     uri: str
+    overrides: list[str]
     result: StudyResult
     student: Student  # the best trial's plain "student" artifact, loaded the project's way
 
@@ -52,7 +54,8 @@ def studied(make_tiny_overrides, tmp_path_factory: pytest.TempPathFactory) -> St
         local = mlflow.artifacts.download_artifacts(
             run_id=result.best_run_id, artifact_path="student", dst_path=str(root / "best")
         )
-    return Studied(root, f"sqlite:///{root / 'mlflow.db'}", result, Student.load(local).with_runtime("cpu"))
+    student = Student.load(local).with_runtime("cpu")
+    return Studied(root, f"sqlite:///{root / 'mlflow.db'}", overrides, result, student)
 
 
 def expected_frame(studied: Studied, texts: list[str]) -> pd.DataFrame:
@@ -104,6 +107,23 @@ def test_teacher_run_holds_the_teacher_as_pyfunc(studied: Studied, tiny_task) ->
     teacher_dir = next((studied.root / "cache" / "teachers").glob("*/kd_teacher.json")).parent
     logits = Teacher(teacher_dir, max_length=int(compose(["teacher=tiny"]).teacher.max_length)).predict_logits(TEXTS)
     np.testing.assert_allclose(got[["p_negative", "p_positive"]].to_numpy(), softmax(logits), atol=1e-5)
+
+
+def test_deploy_logs_lean_exports_as_servable_models(studied: Studied, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(studied.root)
+    expected = studied.student.predict_logits(TEXTS)
+    for export, tolerance in (("folded", 1e-4), ("int8", 0.1)):
+        options = [f"deploy.export={export}", "deploy.vocab=all", "deploy.dtype=float32"]
+        done = deploy(compose([*studied.overrides, *options]))  # the best trial of the study, found by itself
+        assert done.run_id == studied.result.best_run_id and done.model_uri.endswith(f"/model_{export}")
+        assert done.size_bytes > 0
+        mlflow.set_tracking_uri(studied.uri)
+        got = mlflow.pyfunc.load_model(done.model_uri).predict(TEXTS)
+        np.testing.assert_allclose(got[["p_negative", "p_positive"]].to_numpy(), softmax(expected), atol=tolerance)
+        metrics = MlflowClient(tracking_uri=studied.uri).get_run(done.run_id).data.metrics
+        assert metrics[f"size_bytes_{export}"] == done.size_bytes
+    with pytest.raises(KDError, match=r"deploy\.export="):
+        deploy(compose([*studied.overrides, "deploy.export=onnx"]))
 
 
 def test_input_texts_accepts_raw_text_and_refuses_the_rest() -> None:
