@@ -260,3 +260,31 @@ def load_predictor(path: str | Path) -> Any:
     if (src / "student.json").is_file():
         return Student.load(src).with_runtime("cpu")
     raise FileNotFoundError(f"{src} holds neither a saved student (student.json) nor a folded BiLSTM ({FOLDED_META})")
+
+
+EXPORTS = ("int8", "folded")
+
+
+def export_student(
+    student: Any, how: str, vocab: str = "all", dtype: str = "float32", texts: Sequence[str] = ()
+) -> Any:
+    """The inference export ``how`` of a fitted student: an int8 copy, or a folded BiLSTM.
+
+    ``vocab="transfer"`` keeps only the rows of tokens in ``texts`` (the transfer set) for a
+    folded BiLSTM; ``dtype`` is its table's storage type. Both results save, load
+    (``load_predictor``) and predict like a student.
+    """
+    if how == "int8":
+        if not hasattr(student, "quantized"):
+            raise ValueError(f"int8 export is for neural students; {student.name!r} has no Linear/LSTM layers")
+        return student.quantized()
+    if how == "folded":
+        if vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, got {vocab!r}")
+        keep = None
+        if vocab == "transfer":
+            if not texts:
+                raise ValueError("vocab=transfer needs the transfer-set texts")
+            keep = reachable_ids(student.tokenizer, texts, int(student.hparams["max_length"]))
+        return FoldedBiLSTM.from_student(student, keep_ids=keep, dtype=dtype)
+    raise ValueError(f"unknown export {how!r}; expected one of {', '.join(EXPORTS)}")

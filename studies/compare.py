@@ -159,7 +159,7 @@ def train_seed(prep: Any, best: BestConfig, seed: int, batch: int, log_model: bo
     with tempfile.TemporaryDirectory() as tmp:
         measured.metrics["size_bytes"] = float(dir_size(measured.student.save(Path(tmp) / "student")))
     if log_model:
-        log_student(measured.student, "student")
+        log_student(measured.student, "student", prep.cache.label_names, prep.task.dev.texts[:2])
     return measured.metrics
 
 

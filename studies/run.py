@@ -22,6 +22,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from studies.cli import run_cli
+from transfer.errors import KDError
 
 log = logging.getLogger("studies.run")
 
@@ -40,6 +41,7 @@ class StudyResult:
     n_finished: int
     metric: str  # dev_<metric>: what chose the best trial
     report_metric: str  # test_<metric>: what is reported
+    registered: str | None = None  # models:/<name>/<version> when tracking.register is set
 
 
 def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str, setup: dict[str, Any]) -> str:
@@ -85,6 +87,17 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
         if prep.teacher.record.get("chosen_epoch") is not None:
             mlflow.log_metric("chosen_epoch", float(prep.teacher.record["chosen_epoch"]))
         mlflow.log_dict(prep.teacher.record, "teacher_record.json")
+        if str(prep.cfg.tracking.log_models) != "none":
+            from studies.models import log_text_model
+
+            log_text_model(
+                prep.teacher.path,
+                prep.cache.label_names,
+                prep.task.dev.texts[:2],
+                kind="teacher",
+                max_length=prep.teacher.max_length,
+            )
+            mlflow.set_tag("has_pyfunc", "true")
         return run.info.run_id
 
 
@@ -165,6 +178,9 @@ def run_study(cfg: DictConfig) -> StudyResult:
                 {f"best_{k}": best_metrics[k] for k in (prep.metric, prep.report_metric) if k in best_metrics}
             )
             _copy_best_model(result.best_run_id)
+            if cfg.tracking.get("register"):
+                result.registered = register_best(result.best_run_id, str(cfg.tracking.register))
+                mlflow.set_tag("registered_model", result.registered)
         log_trials_pareto(study, prep.metric, f"{cfg.student.name} trials, {cfg.task.name}")
     return result
 
@@ -218,6 +234,21 @@ def link_dashboard_to_mlflow(study: Any, experiment: str, tracking_uri: str) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         save_note(study, body)
+
+
+def register_best(run_id: str, registered_name: str) -> str:
+    """Register the best trial's MLflow Model (``tracking.register=<name>``); a new version per call."""
+    import mlflow
+
+    from studies.models import register
+
+    if mlflow.get_run(run_id).data.tags.get("has_pyfunc") != "true":
+        raise KDError(
+            f"tracking.register={registered_name}: the best trial's run {run_id} has no MLflow Model to register "
+            "(it was logged with tracking.log_models=none, or before students were logged as MLflow Models); "
+            "rerun a study with tracking.log_models=best"
+        )
+    return register(run_id, registered_name)
 
 
 def _copy_best_model(run_id: str) -> None:
@@ -293,6 +324,15 @@ def describe(result: StudyResult) -> str:
             f"params {int(m.get('params_total', 0)):,} ({int(m.get('params_non_embedding', 0)):,} non-embedding)"
         )
         lines.append(f"best hyper-parameters: {result.best_params}")
+        model_uri = result.registered or f"runs:/{result.best_run_id}/model"
+        lines += [
+            "",
+            "serve it (raw text in, label and class probabilities out):",
+            f"  MLFLOW_TRACKING_URI={result.tracking_uri} "
+            f"mlflow models serve -m {model_uri} --env-manager local -p 5001",
+            "  curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+            """-d '{"dataframe_records": [{"text": "a gripping, funny film"}]}'""",
+        ]
     lines += [
         "",
         "look at it:",

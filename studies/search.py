@@ -205,7 +205,7 @@ def make_objective(
             fast_enough = required_speedup is None or metrics["latency_ratio_teacher"] >= required_speedup
             better = previous is None or metrics[metric] > previous
             if prep.cfg.tracking.log_models == "best" and fast_enough and better:
-                log_student(measured.student, "student")
+                log_student(measured.student, "student", prep.cache.label_names, prep.task.dev.texts[:2])
             return metrics[metric]
 
     return objective

@@ -66,6 +66,12 @@ def _seeds(value: Any) -> str | None:
     return "expected a count ≥ 1 or a list of distinct integer seeds"
 
 
+def _model_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}", value)):
+        return None
+    return "expected null or a registered-model name (letters, digits, '_', '.', '-')"
+
+
 def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "expected true or false"
 
@@ -88,6 +94,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "study.heartbeat_interval": _int_at_least(1),
     "tracking.log_models": _one_of("best", "none"),
     "tracking.latency_samples": _int_at_least(1),
+    "tracking.register": _model_name,
+    "deploy.export": _one_of("int8", "folded"),
+    "deploy.vocab": _one_of("all", "transfer"),
+    "deploy.dtype": _one_of("float32", "float16"),
     "teacher.epochs": _positive_number(),
     "teacher.lr": _positive_number(),
     "teacher.batch_size": _int_at_least(1),
