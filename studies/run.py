@@ -33,6 +33,7 @@ class StudyResult:
     storage: str
     tracking_uri: str
     parent_run_id: str
+    experiment_id: str
     best_trial: int | None
     best_value: float | None
     best_params: dict[str, Any]
@@ -170,7 +171,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
             print(
                 f"study {name!r} already has {cfg.study.n_trials} finished trials; raise study.n_trials to search more"
             )
-        result = _summarise(study, name, storage_url, tracking_uri, parent.info.run_id, prep)
+        result = _summarise(study, name, storage_url, tracking_uri, parent.info.run_id, experiment_id, prep)
         if result.best_run_id:
             mlflow.set_tags({"best_run_id": result.best_run_id, "best_trial": str(result.best_trial)})
             best_metrics = mlflow.get_run(result.best_run_id).data.metrics
@@ -274,7 +275,9 @@ def _print_trial(metric: str) -> Any:
     return callback
 
 
-def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, prep: Any) -> StudyResult:
+def _summarise(
+    study: Any, name: str, storage: str, uri: str, parent_id: str, experiment_id: str, prep: Any
+) -> StudyResult:
     from optuna.trial import TrialState
 
     from studies.search_policy import best_feasible
@@ -285,6 +288,7 @@ def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, pr
         storage=storage,
         tracking_uri=uri,
         parent_run_id=parent_id,
+        experiment_id=experiment_id,
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
         best_params=dict(best.params) if best else {},
@@ -298,6 +302,8 @@ def _summarise(study: Any, name: str, storage: str, uri: str, parent_id: str, pr
 
 def describe(result: StudyResult) -> str:
     """The closing message: the best trial (chosen on dev) against the teacher, on test; how to look at it."""
+    from studies.tracking import runs_view_url
+
     metric, reported = result.metric, result.report_metric
     lines = [f"study {result.study_name!r}: {result.n_finished} finished trials (complete or pruned)"]
     teacher = result.teacher_metrics
@@ -333,10 +339,11 @@ def describe(result: StudyResult) -> str:
             "  curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
             """-d '{"dataframe_records": [{"text": "a gripping, funny film"}]}'""",
         ]
+    runs = runs_view_url(result.experiment_id)
     lines += [
         "",
         "look at it:",
-        f"  mlflow ui --backend-store-uri {result.tracking_uri}    # then open http://127.0.0.1:5000",
+        f"  mlflow ui --backend-store-uri {result.tracking_uri}    # then open http://127.0.0.1:5000/{runs}",
         f"  optuna-dashboard {result.storage}    # then open http://127.0.0.1:8080",
     ]
     return "\n".join(lines)

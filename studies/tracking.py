@@ -75,14 +75,17 @@ def open_on_training_runs(experiment_id: str) -> None:
 def runs_view_columns(task_metrics: Sequence[str]) -> list[str]:
     """The runs table's columns in the experiment's view: test scores first, then share, speed and size."""
     metrics = [f"test_{m}" for m in task_metrics] + ["share_of_teacher", "latency_ratio_teacher", "latency_ms_b1"]
-    metrics += [f"dev_{task_metrics[0]}", "test_agreement", "params_total", "params_non_embedding", "train_seconds"]
-    tags = ["student", "state"]
-    return [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in tags]
+    metrics += [f"dev_{task_metrics[0]}", "params_non_embedding"]
+    return [f"metrics.`{m}`" for m in metrics]
 
 
 def runs_view_url(experiment_id: str) -> str:
-    """The path (after the server's address) of the experiment's runs table with the metric columns."""
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+    """The path (after the server's address) of the experiment's training runs with the metric columns.
+
+    ``workflowType=machine_learning`` is MLflow 3's "Model training" switch: recent versions keep
+    it per browser, defaulting to GenAI, and read no experiment tag for it.
+    """
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
 
 
 def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
@@ -97,7 +100,8 @@ def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    view = {"selectedColumns": runs_view_columns(task_metrics), "runListHidden": False}
+    columns = runs_view_columns(task_metrics)
+    view = {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns], "runListHidden": False}
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(view))
     if NOTE_TAG not in client.get_experiment(experiment_id).tags:
         note = (

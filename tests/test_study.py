@@ -156,6 +156,40 @@ def test_describe_names_the_best_trial_and_the_tools(runs: Runs) -> None:
     assert "mlflow ui --backend-store-uri sqlite:///" in text and "optuna-dashboard sqlite:///" in text
 
 
+def test_mlflow_ui_opens_on_training_runs_with_metric_columns(runs: Runs) -> None:
+    """What a new user meets in the MLflow UI: training runs, metric columns, runs that say what they are."""
+    import json
+
+    from optuna_dashboard import get_note
+
+    from studies.tracking import RUNS_VIEW_KEY, runs_view_url
+
+    client = MlflowClient(tracking_uri=runs.first.result.tracking_uri)
+    experiment = client.get_experiment_by_name("kd-sst2")
+    tags = experiment.tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI overview
+    view = json.loads(tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
+    for metric in ("test_accuracy", "share_of_teacher", "latency_ratio_teacher", "latency_ms_b1"):
+        assert f"metrics.`{metric}`" in view["selectedColumns"]
+    url = runs_view_url(experiment.experiment_id)
+    assert "workflowType=machine_learning" in url and f"viewStateShareKey={RUNS_VIEW_KEY}" in url
+    assert url in tags["mlflow.note.content"]  # the experiment's description links the view
+    assert url in describe(runs.first.result)  # and so does the closing message
+
+    parent = next(r for r in _by_role(runs.first.runs, "study") if r.info.run_id == runs.first.result.parent_run_id)
+    name = runs.first.result.study_name
+    assert parent.info.run_name == f"study-{name}"
+    assert (
+        name in parent.data.tags["mlflow.note.content"]
+        and "optuna-dashboard" in parent.data.tags["mlflow.note.content"]
+    )
+    assert {r.info.run_name for r in _by_role(runs.first.runs, "trial")} == {"bilstm-trial-0", "bilstm-trial-1"}
+    assert name.startswith("sst2-") and "-bilstm-" in name  # the study says task and student
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{runs.root / 'optuna.db'}")
+    assert "kd-sst2" in get_note(study) and f"study-{name}" in get_note(study)  # the dashboard points to MLflow
+
+
 # -- command-line errors ------------------------------------------------------------------------
 
 

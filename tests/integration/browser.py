@@ -108,8 +108,10 @@ class Browser:
         return result.get("result", {}).get("value")
 
     def open(self, url: str) -> None:
+        """Load ``url`` afresh: single-page apps read some routes (an artifact's path) only when they start."""
+        self.call("Page.navigate", {"url": "about:blank"})
         self.call("Page.navigate", {"url": url})
-        self.wait_for(lambda: self.js("document.readyState") == "complete", 30, f"page {url} to load")
+        self.wait_for(lambda: self.js("document.readyState") == "complete", 120, f"page {url} to load")
 
     def text(self) -> str:
         """What a person can read on the page (``innerText``: hidden elements excluded)."""

@@ -34,6 +34,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from services import REPO
+
+sys.path.insert(0, str(REPO))  # this checkout's studies/, also when another checkout is installed
+from browser import Browser
 from services import mlflow_server, optuna_dashboard_server, worker_env, write_tiny_sst2
 
 TASK = "sst2"
@@ -56,6 +60,8 @@ def common_overrides(work: Path, data: Path) -> list[str]:
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         "progress=false",
         "tracking.latency_samples=3",
+        "teacher.epochs=8",  # enough for the tiny teacher to learn the tiny task: the pages show real numbers
+        "teacher.batch_size=16",
     ]
 
 
@@ -67,7 +73,7 @@ def run_module(module: str, overrides: list[str], work: Path, log: Path, timeout
             cwd=work,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=worker_env(),
+            env={**worker_env(), "OMP_NUM_THREADS": "1"},  # tiny models: one thread is fastest on a busy machine
             timeout=timeout,
         )
     if proc.returncode != 0:
@@ -108,6 +114,149 @@ class Checks:
             print(f"ok    {name}", flush=True)
 
 
+def find_ids(work: Path) -> dict[str, object]:
+    """Run and study ids, only to build the URLs a person would click through to (the checks read the pages)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        raise RuntimeError(f"no MLflow experiment {EXPERIMENT!r} was made")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_role: dict[str, list] = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags.get("role", ""), []).append(run)
+    studies = optuna.get_all_study_summaries(f"sqlite:///{work / 'optuna.db'}", include_best_trial=False)
+    return {
+        "experiment_id": experiment.experiment_id,
+        "study_runs": [r.info.run_name for r in by_role.get("study", [])],
+        "trial_runs": {r.info.run_id: r.info.run_name for r in by_role.get("trial", [])},
+        "teacher_run": by_role["teacher"][0].info.run_id,
+        "comparison_run": by_role["comparison"][0].info.run_id,
+        "studies": {s.study_name: s._study_id for s in studies},
+    }
+
+
+ML = "workflowType=machine_learning"  # MLflow 3's "Model training" switch (per browser; GenAI otherwise)
+
+
+def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: Path | None) -> None:
+    """What a person sees in the MLflow UI, from the link ``studies.run`` prints onwards."""
+    from studies.tracking import runs_view_url
+
+    exp = ids["experiment_id"]
+    parents, trials = ids["study_runs"], list(ids["trial_runs"].values())
+
+    def experiment_listed() -> None:
+        browser.open(f"{url}/#/experiments")
+        browser.wait_for_text([EXPERIMENT], 120)
+
+    def runs_view() -> None:
+        # the link studies.run prints (and the experiment's description holds): the training runs, metric columns
+        view = runs_view_url(exp)
+        assert ML in view, f"the runs link {view} does not ask for MLflow's model-training view"
+        browser.open(f"{url}/{view}")
+        page = browser.wait_for_text(["Runs", *parents, "compare-sst2", *COLUMNS], 120)
+        for genai in ("Usage", "Token usage", "Observability"):
+            assert genai not in page, f"the page shows the GenAI overview ({genai!r}), not the training runs"
+        hidden = [t for t in trials if t in page]
+        assert not hidden, f"trial runs listed flat instead of nested under their study run: {hidden}"
+
+    def children_nested() -> None:
+        expanders = "Array.from(document.querySelectorAll('[role=row] button.du-bois-light-btn-link'))"
+        clicked = browser.click(expanders)
+        assert clicked == len(parents), f"{clicked} expandable parent runs, expected one per study ({len(parents)})"
+        browser.wait_for_text(trials, 60)
+
+    def sortable() -> None:
+        for column in ("share_of_teacher", "test_accuracy"):
+            header = f"Array.from(document.querySelectorAll('[data-testid=\"sort-header-{column}\"]'))"
+            assert browser.click(header) == 1, f"no sortable header for {column}"
+            browser.wait_for(
+                lambda c=column: f"orderByKey=metrics.%60{c}%60" in browser.js("location.href"),
+                20,
+                f"sorting by {column}",
+            )
+        if shots:
+            close_assistant(browser)
+            browser.screenshot(shots / "mlflow-runs.png")
+
+    def compare_view() -> None:
+        chosen = [ids["teacher_run"], *ids["trial_runs"]]
+        runs = ",".join(f'"{r}"' for r in chosen)
+        browser.open(f'{url}/#/compare-runs?runs=[{runs}]&experiments=["{exp}"]&{ML}')
+        browser.wait_for_text(["teacher-tiny", *trials[:2], *COLUMNS, "latency_ms_b1"], 120)
+        if shots:
+            close_assistant(browser)
+            browser.screenshot(shots / "mlflow-compare.png")
+
+    def report() -> None:
+        base = f"{url}/#/experiments/{exp}/runs/{ids['comparison_run']}/artifacts"
+        browser.open(f"{base}/comparison.md?{ML}")
+        browser.wait_for_text(["comparison.md", "pareto.png", "pareto.html", f"Students vs teacher on {TASK}"], 120)
+
+    def pareto() -> None:
+        base = f"{url}/#/experiments/{exp}/runs/{ids['comparison_run']}/artifacts"
+        browser.open(f"{base}/pareto.png?{ML}")
+        plotted = "Array.from(document.images).some(i => i.complete && i.naturalWidth >= 400)"
+        browser.wait_for(lambda: browser.js(plotted), 90, "the Pareto plot (pareto.png) to be drawn")
+        if shots:
+            close_assistant(browser)
+            browser.screenshot(shots / "mlflow-pareto.png")
+
+    checks.run("MLflow: the experiment is listed", experiment_listed)
+    checks.run("MLflow: the printed link opens the training runs with the metric columns", runs_view)
+    checks.run("MLflow: each study run holds its trial runs, named <student>-trial-<n>", children_nested)
+    checks.run("MLflow: the metric columns sort", sortable)
+    checks.run("MLflow: the compare view lists the metrics side by side", compare_view)
+    checks.run("MLflow: the comparison run shows its report", report)
+    checks.run("MLflow: the comparison run draws its Pareto plot", pareto)
+
+
+def close_assistant(browser: Browser) -> None:
+    """Close MLflow 3's assistant side panel (a per-browser setting), so a screenshot shows the runs."""
+    browser.click("Array.from(document.querySelectorAll('button[aria-label=\"Close\"]'))")
+    time.sleep(1)
+
+
+def check_dashboard(checks: Checks, browser: Browser, url: str, ids: dict, shots: Path | None) -> None:
+    """What a person sees in optuna-dashboard: the studies, a study's trials, history and importances."""
+    studies: dict[str, int] = ids["studies"]  # type: ignore[assignment]
+    bilstm = next(name for name in studies if "-bilstm-" in name)
+
+    def listed() -> None:
+        assert len(studies) == len(STUDENTS), f"{len(studies)} studies in the storage, expected {len(STUDENTS)}"
+        for name in studies:
+            assert TASK in name and any(f"-{s}-" in name or name.endswith(f"-{s}") for s in STUDENTS), (
+                f"study name {name!r} does not say task and student"
+            )
+        browser.open(f"{url}/dashboard")
+        browser.wait_for_text(list(studies), 90)
+
+    def study_page() -> None:
+        browser.open(f"{url}/dashboard/studies/{studies[bilstm]}")
+        page = browser.wait_for_text([bilstm, "History", "Hyperparameter Importance", METRIC, "lr"], 120)
+        assert "Objective 0" not in page, "the dashboard names the objective 'Objective 0', not the metric"
+        if shots:
+            browser.screenshot(shots / "optuna-dashboard-study.png")
+
+    def trials() -> None:
+        browser.open(f"{url}/dashboard/studies/{studies[bilstm]}/trials")
+        browser.wait_for_text([f"Trial {n}" for n in range(N_TRIALS)] + ["Complete"], 90)
+
+    checks.run("optuna-dashboard: both studies listed, named by task and student", listed)
+    checks.run("optuna-dashboard: the study page names the metric and draws history and importances", study_page)
+    checks.run("optuna-dashboard: the study's trials are listed", trials)
+
+
+def check_pages(checks: Checks, work: Path, mlflow_url: str, dashboard_url: str, shots: Path | None) -> None:
+    ids = find_ids(work)
+    with Browser() as browser:
+        check_mlflow(checks, browser, mlflow_url, ids, shots)
+        check_dashboard(checks, browser, dashboard_url, ids, shots)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshots", type=Path, help="write PNGs of the pages into this folder")
@@ -123,8 +272,6 @@ def main() -> int:
     try:
         if not (work / "compare.log").exists():
             make_studies(work, args.timeout)
-        from ui_pages import check_pages
-
         with (
             mlflow_server(f"sqlite:///{work / 'mlflow.db'}", work / "mlflow") as mlflow_url,
             optuna_dashboard_server(f"sqlite:///{work / 'optuna.db'}", work / "dashboard") as dashboard_url,
