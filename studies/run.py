@@ -171,23 +171,35 @@ def run_study(cfg: DictConfig) -> StudyResult:
             )
             _copy_best_model(result.best_run_id)
             if cfg.tracking.get("register"):
-                result.registered = register_best(result.best_run_id, str(cfg.tracking.register))
+                result.registered = register_best(
+                    result.best_run_id, str(cfg.tracking.register), prep.cache.label_names, prep.task.dev.texts[:2]
+                )
                 mlflow.set_tag("registered_model", result.registered)
     return result
 
 
-def register_best(run_id: str, registered_name: str) -> str:
-    """Register the best trial's MLflow Model (``tracking.register=<name>``); a new version per call."""
+def register_best(run_id: str, registered_name: str, labels: Sequence[str], example: Sequence[str]) -> str:
+    """Register the best trial's MLflow Model (``tracking.register``); a new version per call.
+
+    A best trial logged before students became MLflow Models has only its saved student: it is
+    logged as one into that run first (``labels``, ``example``: the task's label names, example texts).
+    """
     import mlflow
 
-    from studies.models import register
+    from studies.models import log_text_model, register
 
-    if mlflow.get_run(run_id).data.tags.get("has_pyfunc") != "true":
-        raise KDError(
-            f"tracking.register={registered_name}: the best trial's run {run_id} has no MLflow Model to register "
-            "(it was logged with tracking.log_models=none, or before students were logged as MLflow Models); "
-            "rerun a study with tracking.log_models=best"
-        )
+    tags = mlflow.get_run(run_id).data.tags
+    if tags.get("has_pyfunc") != "true":
+        if tags.get("has_model") != "true":
+            raise KDError(
+                f"tracking.register={registered_name}: the best trial's run {run_id} has no saved student to "
+                "register (it was logged with tracking.log_models=none); rerun a study with tracking.log_models=best"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="student", dst_path=tmp)
+            with mlflow.start_run(run_id=run_id, nested=True):
+                log_text_model(local, labels, example)
+                mlflow.set_tag("has_pyfunc", "true")
     return register(run_id, registered_name)
 
 
