@@ -99,9 +99,7 @@ def entries(prep: Any, bilstm: Student, lgbm: Student | None) -> list[Entry]:
         Entry("bilstm fp32", bilstm.predict_logits, saved_bytes(bilstm.save), "bilstm"),
         Entry("bilstm int8", bilstm_q.predict_logits, saved_bytes(bilstm_q.save), "bilstm"),
         Entry("bilstm folded fp32", folded.predict_logits, saved_bytes(folded.save), "bilstm"),
-        Entry(
-            f"bilstm folded fp16, {len(keep):,} rows", lean.predict_logits, saved_bytes(lean.save), "bilstm"
-        ),
+        Entry(f"bilstm folded fp16, {len(keep):,} rows", lean.predict_logits, saved_bytes(lean.save), "bilstm"),
     ]
     if lgbm is not None:
         rows.append(Entry("lgbm, fast featuriser", lgbm.predict_logits, saved_bytes(lgbm.save), "lgbm"))

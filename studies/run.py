@@ -75,6 +75,9 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
     fingerprint = prep.teacher.fingerprint
     existing = find_run(experiment, role="teacher", teacher_fingerprint=fingerprint)
     if existing:
+        if mlflow.get_run(existing).data.tags.get("has_pyfunc") != "true":  # a teacher run from before MLflow Models
+            with mlflow.start_run(run_id=existing):
+                _log_teacher_model(prep)
         return existing
     tags = {"role": "teacher", "teacher_fingerprint": fingerprint, "cache_key": prep.cache.key}
     with mlflow.start_run(run_name=f"teacher-{prep.teacher_label}", tags=tags, nested=False) as run:
@@ -87,18 +90,21 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
         if prep.teacher.record.get("chosen_epoch") is not None:
             mlflow.log_metric("chosen_epoch", float(prep.teacher.record["chosen_epoch"]))
         mlflow.log_dict(prep.teacher.record, "teacher_record.json")
-        if str(prep.cfg.tracking.log_models) != "none":
-            from studies.models import log_text_model
-
-            log_text_model(
-                prep.teacher.path,
-                prep.cache.label_names,
-                prep.task.dev.texts[:2],
-                kind="teacher",
-                max_length=prep.teacher.max_length,
-            )
-            mlflow.set_tag("has_pyfunc", "true")
+        _log_teacher_model(prep)
         return run.info.run_id
+
+
+def _log_teacher_model(prep: Any) -> None:
+    """The fine-tuned teacher as an MLflow Model of the active (teacher) run, unless models are not logged."""
+    import mlflow
+
+    from studies.models import log_text_model
+
+    if str(prep.cfg.tracking.log_models) == "none":
+        return
+    labels, example = prep.cache.label_names, prep.task.dev.texts[:2]
+    log_text_model(prep.teacher.path, labels, example, kind="teacher", max_length=prep.teacher.max_length)
+    mlflow.set_tag("has_pyfunc", "true")
 
 
 def run_study(cfg: DictConfig) -> StudyResult:

@@ -140,6 +140,22 @@ def test_deploy_logs_lean_exports_as_servable_models(studied: Studied, monkeypat
         deploy(compose([*studied.overrides, "deploy.export=onnx"]))
 
 
+def test_a_teacher_run_from_before_mlflow_models_gets_its_model(studied: Studied, monkeypatch) -> None:
+    from studies.pipeline import prepare
+    from studies.run import log_teacher_run
+
+    monkeypatch.chdir(studied.root)
+    mlflow.set_tracking_uri(studied.uri)
+    client = MlflowClient(tracking_uri=studied.uri)
+    experiment = client.get_experiment_by_name("kd-sst2")
+    (teacher_run,) = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'teacher'")
+    client.delete_tag(teacher_run.info.run_id, "has_pyfunc")
+    prep = prepare(compose(studied.overrides))
+    assert log_teacher_run(prep, "kd-sst2") == teacher_run.info.run_id  # the same run, not a second one
+    assert client.get_run(teacher_run.info.run_id).data.tags["has_pyfunc"] == "true"
+    assert len(mlflow.pyfunc.load_model(f"runs:/{teacher_run.info.run_id}/model").predict(TEXTS)) == len(TEXTS)
+
+
 def test_input_texts_accepts_raw_text_and_refuses_the_rest() -> None:
     assert input_texts(pd.DataFrame({"text": ["a", "b"]})) == ["a", "b"]
     assert input_texts(["a", "b"]) == ["a", "b"] == input_texts(pd.Series(["a", "b"]))
