@@ -131,3 +131,12 @@ def test_no_study_says_which_command_to_run(compared: Compared, monkeypatch: pyt
     with pytest.raises(KDError, match=r"python -m studies\.run task=sst2 student=bilstm"):
         compare(compose(empty))
     assert main([*empty]) == 2
+
+
+def test_seed_runs_are_mlflow_models(compared: Compared) -> None:
+    """Every retrained seed keeps its student as an MLflow Model (python_function), as a study's best does."""
+    runs = _runs(compared.root, "seed_run")
+    assert runs and all(r.data.tags.get("has_pyfunc") == "true" for r in runs)
+    mlflow.set_tracking_uri(f"sqlite:///{compared.root / 'mlflow.db'}")
+    frame = mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model").predict(["the film was great"])
+    assert list(frame.columns) == ["label", "p_negative", "p_positive"]
