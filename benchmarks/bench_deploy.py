@@ -99,9 +99,7 @@ def entries(prep: Any, bilstm: Student, lgbm: Student | None) -> list[Entry]:
         Entry("bilstm fp32", bilstm.predict_logits, saved_bytes(bilstm.save), "bilstm"),
         Entry("bilstm int8", bilstm_q.predict_logits, saved_bytes(bilstm_q.save), "bilstm"),
         Entry("bilstm folded fp32", folded.predict_logits, saved_bytes(folded.save), "bilstm"),
-        Entry(
-            f"bilstm folded fp16, {len(keep):,} rows", lean.predict_logits, saved_bytes(lean.save), "bilstm"
-        ),
+        Entry(f"bilstm folded fp16, {len(keep):,} rows", lean.predict_logits, saved_bytes(lean.save), "bilstm"),
     ]
     if lgbm is not None:
         rows.append(Entry("lgbm, fast featuriser", lgbm.predict_logits, saved_bytes(lgbm.save), "lgbm"))
@@ -181,8 +179,8 @@ def main(argv: list[str]) -> Path:
         f"teacher (≥ 10x: {verdict(fastest['speedup_vs_teacher_fp32'] >= 10)}), "
         f"{fastest['speedup_vs_teacher_int8']:.1f}x the int8 teacher (≥ 5x: "
         f"{verdict(fastest['speedup_vs_teacher_int8'] >= 5)})",
-        f"- bilstm int8 loses {-by_name['bilstm int8']['points_vs_fp32']:.2f} points of test {metric} "
-        f"(≤ 0.5: {verdict(by_name['bilstm int8']['points_vs_fp32'] >= -0.5)})",
+        f"- bilstm int8 vs fp32: {by_name['bilstm int8']['points_vs_fp32']:+.2f} points of test {metric} "
+        f"(a loss of at most 0.5: {verdict(by_name['bilstm int8']['points_vs_fp32'] >= -0.5)})",
     ]
     if "lgbm, fast featuriser" in by_name:
         speed = by_name["lgbm, fast featuriser"]["speedup_vs_teacher_fp32"]

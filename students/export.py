@@ -111,9 +111,7 @@ class FoldedBiLSTM:
 
     # -- export -------------------------------------------------------------------------------
     @classmethod
-    def from_student(
-        cls, student: Any, keep_ids: Sequence[int] | None = None, dtype: str = "float32"
-    ) -> FoldedBiLSTM:
+    def from_student(cls, student: Any, keep_ids: Sequence[int] | None = None, dtype: str = "float32") -> FoldedBiLSTM:
         """Fold a fitted ``BiLSTMStudent``; ``keep_ids``: the token ids to keep rows for (None = all)."""
         module = getattr(student, "module", None)
         lstm = getattr(module, "lstm", None)

@@ -76,6 +76,9 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
     fingerprint = prep.teacher.fingerprint
     existing = find_run(experiment, role="teacher", teacher_fingerprint=fingerprint)
     if existing:
+        if mlflow.get_run(existing).data.tags.get("has_pyfunc") != "true":  # a teacher run from before MLflow Models
+            with mlflow.start_run(run_id=existing):
+                _log_teacher_model(prep)
         return existing
     tags = {"role": "teacher", "teacher_fingerprint": fingerprint, "cache_key": prep.cache.key}
     with mlflow.start_run(run_name=f"teacher-{prep.teacher_label}", tags=tags, nested=False) as run:
@@ -88,18 +91,21 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
         if prep.teacher.record.get("chosen_epoch") is not None:
             mlflow.log_metric("chosen_epoch", float(prep.teacher.record["chosen_epoch"]))
         mlflow.log_dict(prep.teacher.record, "teacher_record.json")
-        if str(prep.cfg.tracking.log_models) != "none":
-            from studies.models import log_text_model
-
-            log_text_model(
-                prep.teacher.path,
-                prep.cache.label_names,
-                prep.task.dev.texts[:2],
-                kind="teacher",
-                max_length=prep.teacher.max_length,
-            )
-            mlflow.set_tag("has_pyfunc", "true")
+        _log_teacher_model(prep)
         return run.info.run_id
+
+
+def _log_teacher_model(prep: Any) -> None:
+    """The fine-tuned teacher as an MLflow Model of the active (teacher) run, unless models are not logged."""
+    import mlflow
+
+    from studies.models import log_text_model
+
+    if str(prep.cfg.tracking.log_models) == "none":
+        return
+    labels, example = prep.cache.label_names, prep.task.dev.texts[:2]
+    log_text_model(prep.teacher.path, labels, example, kind="teacher", max_length=prep.teacher.max_length)
+    mlflow.set_tag("has_pyfunc", "true")
 
 
 def run_study(cfg: DictConfig) -> StudyResult:
@@ -180,7 +186,9 @@ def run_study(cfg: DictConfig) -> StudyResult:
             )
             _copy_best_model(result.best_run_id)
             if cfg.tracking.get("register"):
-                result.registered = register_best(result.best_run_id, str(cfg.tracking.register))
+                result.registered = register_best(
+                    result.best_run_id, str(cfg.tracking.register), prep.cache.label_names, prep.task.dev.texts[:2]
+                )
                 mlflow.set_tag("registered_model", result.registered)
         log_trials_pareto(study, prep.metric, f"{cfg.student.name} trials, {cfg.task.name}")
     return result
@@ -237,18 +245,28 @@ def link_dashboard_to_mlflow(study: Any, experiment: str, tracking_uri: str) -> 
         save_note(study, body)
 
 
-def register_best(run_id: str, registered_name: str) -> str:
-    """Register the best trial's MLflow Model (``tracking.register=<name>``); a new version per call."""
+def register_best(run_id: str, registered_name: str, labels: Sequence[str], example: Sequence[str]) -> str:
+    """Register the best trial's MLflow Model (``tracking.register``); a new version per call.
+
+    A best trial logged before students became MLflow Models has only its saved student: it is
+    logged as one into that run first (``labels``, ``example``: the task's label names, example texts).
+    """
     import mlflow
 
-    from studies.models import register
+    from studies.models import log_text_model, register
 
-    if mlflow.get_run(run_id).data.tags.get("has_pyfunc") != "true":
-        raise KDError(
-            f"tracking.register={registered_name}: the best trial's run {run_id} has no MLflow Model to register "
-            "(it was logged with tracking.log_models=none, or before students were logged as MLflow Models); "
-            "rerun a study with tracking.log_models=best"
-        )
+    tags = mlflow.get_run(run_id).data.tags
+    if tags.get("has_pyfunc") != "true":
+        if tags.get("has_model") != "true":
+            raise KDError(
+                f"tracking.register={registered_name}: the best trial's run {run_id} has no saved student to "
+                "register (it was logged with tracking.log_models=none); rerun a study with tracking.log_models=best"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="student", dst_path=tmp)
+            with mlflow.start_run(run_id=run_id, nested=True):
+                log_text_model(local, labels, example)
+                mlflow.set_tag("has_pyfunc", "true")
     return register(run_id, registered_name)
 
 

@@ -148,3 +148,12 @@ def test_pruned_variants_show_score_against_sparsity_and_latency(compared: Compa
     run = MlflowClient(tracking_uri=f"sqlite:///{compared.root / 'mlflow.db'}").get_run(result.run_id)
     assert run.data.metrics["bilstm-pruned50.sparsity"] > 0.2
     assert "bilstm-pruned50.latency_ms_b1" in run.data.metrics
+
+
+def test_seed_runs_are_mlflow_models(compared: Compared) -> None:
+    """Every retrained seed keeps its student as an MLflow Model (python_function), as a study's best does."""
+    runs = _runs(compared.root, "seed_run")
+    assert runs and all(r.data.tags.get("has_pyfunc") == "true" for r in runs)
+    mlflow.set_tracking_uri(f"sqlite:///{compared.root / 'mlflow.db'}")
+    frame = mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model").predict(["the film was great"])
+    assert list(frame.columns) == ["label", "p_negative", "p_positive"]

@@ -27,7 +27,7 @@ from students.base import Student
 from studies.config import compose
 from studies.deploy import deploy
 from studies.models import input_texts, predictions_frame, softmax
-from studies.run import StudyResult, run_study
+from studies.run import StudyResult, register_best, run_study
 from transfer.errors import KDError
 
 SMALL = ["student=bilstm", "study.n_trials=1", "student.hparams.hidden_size=8", "student.hparams.mlp_dim=8"]
@@ -77,6 +77,20 @@ def test_best_student_is_registered_and_loads_as_pyfunc(studied: Studied) -> Non
     assert info.saved_input_example_info is not None
 
 
+def test_registering_a_best_trial_logged_before_mlflow_models(studied: Studied, monkeypatch) -> None:
+    """A study's best trial from before this feature has only its ``student`` folder: it is logged as a Model first."""
+    monkeypatch.chdir(studied.root)
+    mlflow.set_tracking_uri(studied.uri)
+    client = MlflowClient(tracking_uri=studied.uri)
+    run_id = str(studied.result.best_run_id)
+    client.delete_tag(run_id, "has_pyfunc")
+    uri = register_best(run_id, "kd-tiny-older", ["negative", "positive"], TEXTS[:2])
+    assert uri == "models:/kd-tiny-older/1"
+    assert client.get_run(run_id).data.tags["has_pyfunc"] == "true"
+    got = mlflow.pyfunc.load_model(uri).predict(TEXTS)
+    pd.testing.assert_frame_equal(got, expected_frame(studied, TEXTS), atol=1e-6)
+
+
 def test_pyfunc_predicts_in_a_fresh_process(studied: Studied) -> None:
     script = (
         "import json, sys, mlflow\n"
@@ -124,6 +138,22 @@ def test_deploy_logs_lean_exports_as_servable_models(studied: Studied, monkeypat
         assert metrics[f"size_bytes_{export}"] == done.size_bytes
     with pytest.raises(KDError, match=r"deploy\.export="):
         deploy(compose([*studied.overrides, "deploy.export=onnx"]))
+
+
+def test_a_teacher_run_from_before_mlflow_models_gets_its_model(studied: Studied, monkeypatch) -> None:
+    from studies.pipeline import prepare
+    from studies.run import log_teacher_run
+
+    monkeypatch.chdir(studied.root)
+    mlflow.set_tracking_uri(studied.uri)
+    client = MlflowClient(tracking_uri=studied.uri)
+    experiment = client.get_experiment_by_name("kd-sst2")
+    (teacher_run,) = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'teacher'")
+    client.delete_tag(teacher_run.info.run_id, "has_pyfunc")
+    prep = prepare(compose(studied.overrides))
+    assert log_teacher_run(prep, "kd-sst2") == teacher_run.info.run_id  # the same run, not a second one
+    assert client.get_run(teacher_run.info.run_id).data.tags["has_pyfunc"] == "true"
+    assert len(mlflow.pyfunc.load_model(f"runs:/{teacher_run.info.run_id}/model").predict(TEXTS)) == len(TEXTS)
 
 
 def test_input_texts_accepts_raw_text_and_refuses_the_rest() -> None:
