@@ -197,8 +197,9 @@ def make_objective(
             if hasattr(measured.student, "artifacts"):
                 for name, text in measured.student.artifacts(prep.task.dev.texts).items():
                     mlflow.log_text(text, f"explanations/{name}")
-            for key in ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement"):
-                trial.set_user_attr(key, metrics[key])
+            for key in ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement", "sparsity"):
+                if key in metrics:  # sparsity: neural students only (distillation with pruning)
+                    trial.set_user_attr(key, metrics[key])
             trial.set_user_attr(prep.report_metric, metrics[prep.report_metric])
             record_constraint(trial, metrics["latency_ratio_teacher"], required_speedup)
             previous = best_value(trial.study)
