@@ -59,8 +59,14 @@ def main(argv: list[str]) -> Path:
     speedup = latency["teacher"] / latency["bilstm"]
     record = prep.teacher.record
     epochs = ", ".join(f"{e['epoch']:.0f}: {e['dev_score']:.4f}" for e in record.get("epochs_scored") or [])
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=best.study_name, storage=cfg.study.storage or default_storage())
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     lines = [
-        f"Study `{best.study_name}`, best of its trials chosen on dev (trial #{best.trial_number}); "
+        f"Study `{best.study_name}` ({finished} of `study.n_trials={cfg.study.n_trials}` trials finished), "
+        f"best of its trials chosen on dev (trial #{best.trial_number}); "
         f"teacher epoch chosen on dev: {record.get('chosen_epoch')} (dev {metric} per epoch: {epochs}).",
         "",
         "| | teacher (MiniLM-L6, fine-tuned) | best BiLSTM | ratio |",
