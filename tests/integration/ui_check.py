@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,12 @@ TASK = "sst2"
 EXPERIMENT = f"kd-{TASK}"
 METRIC = "dev_accuracy"
 STUDENTS = {  # student → its fixed settings: small and fast, still searching something
-    "bilstm": ["student.hparams.epochs=1", "student.hparams.hidden_size=16", "student.hparams.mlp_dim=16"],
+    "bilstm": [
+        "student.hparams.epochs=4",
+        "student.hparams.batch_size=64",
+        "student.hparams.hidden_size=16",
+        "student.hparams.mlp_dim=16",
+    ],
     "tree": [],
 }
 N_TRIALS = 3
@@ -60,7 +66,7 @@ def common_overrides(work: Path, data: Path) -> list[str]:
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         "progress=false",
         "tracking.latency_samples=3",
-        "teacher.epochs=8",  # enough for the tiny teacher to learn the tiny task: the pages show real numbers
+        "teacher.epochs=6",  # enough for the tiny teacher to learn the tiny task: the pages show real numbers
         "teacher.batch_size=16",
     ]
 
@@ -168,6 +174,9 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         clicked = browser.click(expanders)
         assert clicked == len(parents), f"{clicked} expandable parent runs, expected one per study ({len(parents)})"
         browser.wait_for_text(trials, 60)
+        if shots:
+            close_assistant(browser)
+            browser.screenshot(shots / "mlflow-runs.png")
 
     def sortable() -> None:
         for column in ("share_of_teacher", "test_accuracy"):
@@ -178,9 +187,6 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
                 20,
                 f"sorting by {column}",
             )
-        if shots:
-            close_assistant(browser)
-            browser.screenshot(shots / "mlflow-runs.png")
 
     def compare_view() -> None:
         chosen = [ids["teacher_run"], *ids["trial_runs"]]
@@ -189,6 +195,12 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         browser.wait_for_text(["teacher-tiny", *trials[:2], *COLUMNS, "latency_ms_b1"], 120)
         if shots:
             close_assistant(browser)
+            # the metrics table, not the parallel-coordinates plot above it
+            browser.js(
+                "Array.from(document.querySelectorAll('h2, h3, span, div')).find("
+                "e => e.children.length === 0 && e.innerText === 'Metrics')?.scrollIntoView()"
+            )
+            time.sleep(1)
             browser.screenshot(shots / "mlflow-compare.png")
 
     def report() -> None:
@@ -265,6 +277,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds each study command may take")
     args = parser.parse_args()
 
+    # a CI timeout's SIGTERM: unwind, so the servers and the browser (own process groups) are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="kd-ui-"))
     work.mkdir(parents=True, exist_ok=True)
