@@ -141,6 +141,18 @@ def find_ids(work: Path) -> dict[str, object]:
         "teacher_run": by_role["teacher"][0].info.run_id,
         "comparison_run": by_role["comparison"][0].info.run_id,
         "studies": {s.study_name: s._study_id for s in studies},
+        # the study whose trials scored most differently: its history and importances say the most
+        "pictured": max(
+            studies,
+            key=lambda s: len(
+                {
+                    t.value
+                    for t in optuna.load_study(
+                        study_name=s.study_name, storage=f"sqlite:///{work / 'optuna.db'}"
+                    ).get_trials(deepcopy=False)
+                }
+            ),
+        ).study_name,
     }
 
 
@@ -197,8 +209,9 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
             close_assistant(browser)
             # the metrics table, not the parallel-coordinates plot above it
             browser.js(
-                "Array.from(document.querySelectorAll('h2, h3, span, div')).find("
-                "e => e.children.length === 0 && e.innerText === 'Metrics')?.scrollIntoView()"
+                "(() => { const els = Array.from(document.querySelectorAll('body *')).filter("
+                "e => (e.innerText || '').trim() === 'Metrics'); const el = els[els.length - 1];"
+                " if (el) el.scrollIntoView({block: 'start'}); return Boolean(el); })()"
             )
             time.sleep(1)
             browser.screenshot(shots / "mlflow-compare.png")
@@ -251,6 +264,9 @@ def check_dashboard(checks: Checks, browser: Browser, url: str, ids: dict, shots
         page = browser.wait_for_text([bilstm, "History", "Hyperparameter Importance", METRIC, "lr"], 120)
         assert "Objective 0" not in page, "the dashboard names the objective 'Objective 0', not the metric"
         if shots:
+            browser.open(f"{url}/dashboard/studies/{studies[ids['pictured']]}")  # type: ignore[index]
+            browser.wait_for_text(["History", "Hyperparameter Importance"], 120)
+            time.sleep(2)  # plotly's drawing settles
             browser.screenshot(shots / "optuna-dashboard-study.png")
 
     def trials() -> None:
