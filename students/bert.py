@@ -25,6 +25,7 @@ from students.bilstm import masked_pool
 from students.layer_matching import LayerMatchingLoss, uniform_layer_map
 from students.neural import NeuralStudent, StudentModule
 from students.objectives import StudentOutput, suggest_objective
+from students.pruning import select_linear
 from students.registry import register
 
 if TYPE_CHECKING:
@@ -102,6 +103,63 @@ class BertStudentModule(StudentModule):
         layers = [masked_pool(h, attention_mask, "mean") for h in out.hidden_states]
         sentence = out.pooler_output if self.pooling == "cls" else layers[-1]
         return StudentOutput(logits=self.classifier(self.dropout(sentence)), sentence=sentence, layers=layers)
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    # -- structured pruning: attention heads and feed-forward neurons (students.pruning) -------
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """Per layer: each head's L2 norm (its query/key/value rows, its output columns); each FFN neuron's."""
+        scores = {}
+        for i, layer in enumerate(self.bert.encoder.layer):
+            attn = layer.attention.self
+            size = attn.attention_head_size
+            qkv = sum(m.weight.detach().view(-1, size, m.in_features).pow(2).sum((1, 2)) for m in self._qkv(layer))
+            out = layer.attention.output.dense.weight.detach().view(-1, attn.num_attention_heads, size)
+            scores[f"heads{i}"] = (qkv + out.pow(2).sum((0, 2))).sqrt()
+            ffn_in = layer.intermediate.dense.weight.detach().pow(2).sum(1)
+            scores[f"ffn{i}"] = (ffn_in + layer.output.dense.weight.detach().pow(2).sum(0)).sqrt()
+        return scores
+
+    @staticmethod
+    def _qkv(layer: nn.Module) -> list[nn.Linear]:
+        attn = layer.attention.self
+        return [attn.query, attn.key, attn.value]
+
+    @torch.no_grad()
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """A head with zero value rows adds nothing; a neuron with zero input rows outputs GELU(0) = 0."""
+        for i, layer in enumerate(self.bert.encoder.layer):
+            heads = pruned.get(f"heads{i}")
+            if heads is not None:
+                size = layer.attention.self.attention_head_size
+                rows = torch.nonzero(heads.repeat_interleave(size)).flatten()
+                for m in self._qkv(layer):
+                    m.weight[rows] = 0
+                    m.bias[rows] = 0
+                layer.attention.output.dense.weight[:, rows] = 0
+            neurons = pruned.get(f"ffn{i}")
+            if neurons is not None:
+                layer.intermediate.dense.weight[neurons] = 0
+                layer.intermediate.dense.bias[neurons] = 0
+                layer.output.dense.weight[:, neurons] = 0
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """Fewer heads (query/key/value rows, output columns) and a narrower feed-forward block per layer."""
+        for i, layer in enumerate(self.bert.encoder.layer):
+            attn = layer.attention.self
+            heads = keep.get(f"heads{i}")
+            if heads is not None:
+                size = attn.attention_head_size
+                rows = (heads.view(-1, 1) * size + torch.arange(size)).flatten()
+                attn.query, attn.key, attn.value = (select_linear(m, rows=rows) for m in self._qkv(layer))
+                layer.attention.output.dense = select_linear(layer.attention.output.dense, cols=rows)
+                attn.num_attention_heads = len(heads)
+                attn.all_head_size = len(heads) * size
+            neurons = keep.get(f"ffn{i}")
+            if neurons is not None:
+                layer.intermediate.dense = select_linear(layer.intermediate.dense, rows=neurons)
+                layer.output.dense = select_linear(layer.output.dense, cols=neurons)
 
 
 @register("bert")

@@ -15,6 +15,7 @@ from torch import nn
 
 from students.neural import NeuralStudent, StudentModule
 from students.objectives import StudentOutput, suggest_objective
+from students.pruning import gate_rows, select_linear
 from students.registry import register
 from students.training import suggest_loop
 
@@ -85,6 +86,65 @@ class BiLSTMModule(StudentModule):
             states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
         sentence = final_states(h_n) if self.pooling == "last" else masked_pool(states, attention_mask, self.pooling)
         return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
+
+    # -- structured pruning: hidden units (students.pruning) ----------------------------------
+    def _directions(self) -> list[str]:
+        """Parameter suffixes of every (layer, direction): one unit group each."""
+        return [f"l{layer}{sfx}" for layer in range(self.lstm.num_layers) for sfx in ("", "_reverse")]
+
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """L2 norm of each hidden unit's gate rows (input and recurrent weights), per layer and direction."""
+        hidden = self.lstm.hidden_size
+        scores = {}
+        for d in self._directions():
+            w_ih = getattr(self.lstm, f"weight_ih_{d}").detach().view(4, hidden, -1)
+            w_hh = getattr(self.lstm, f"weight_hh_{d}").detach().view(4, hidden, -1)
+            scores[d] = (w_ih.pow(2).sum((0, 2)) + w_hh.pow(2).sum((0, 2))).sqrt()
+        return scores
+
+    @torch.no_grad()
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """Zero a unit's gate rows and biases: its gates sit at σ(0), tanh(0) = 0, so its state and output stay 0."""
+        hidden = self.lstm.hidden_size
+        for d, mask in pruned.items():
+            units = torch.nonzero(mask).flatten()
+            rows = gate_rows(units, hidden)
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.lstm, f"{kind}_{d}")[rows] = 0
+            getattr(self.lstm, f"weight_hh_{d}")[:, units] = 0
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """A narrower LSTM (the same number of units kept in every layer and direction) and head."""
+        old, hidden = self.lstm, self.lstm.hidden_size
+        sizes = {len(k) for k in keep.values()}
+        if len(sizes) != 1 or set(keep) != set(self._directions()):
+            raise ValueError(f"an LSTM keeps the same number of units in every layer and direction, got {keep}")
+        new_hidden = sizes.pop()
+        new = nn.LSTM(
+            old.input_size,
+            new_hidden,
+            num_layers=old.num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=old.dropout,
+        ).to(old.weight_hh_l0.device)
+        with torch.no_grad():
+            for layer in range(old.num_layers):
+                below = None
+                if layer > 0:
+                    below = torch.cat([keep[f"l{layer - 1}"], hidden + keep[f"l{layer - 1}_reverse"]])
+                for sfx in ("", "_reverse"):
+                    d = f"l{layer}{sfx}"
+                    rows = gate_rows(keep[d], hidden)
+                    w_ih = getattr(old, f"weight_ih_{d}")[rows]
+                    getattr(new, f"weight_ih_{d}").copy_(w_ih if below is None else w_ih[:, below])
+                    getattr(new, f"weight_hh_{d}").copy_(getattr(old, f"weight_hh_{d}")[rows][:, keep[d]])
+                    getattr(new, f"bias_ih_{d}").copy_(getattr(old, f"bias_ih_{d}")[rows])
+                    getattr(new, f"bias_hh_{d}").copy_(getattr(old, f"bias_hh_{d}")[rows])
+        top = old.num_layers - 1
+        self.lstm = new
+        self.head[0] = select_linear(self.head[0], cols=torch.cat([keep[f"l{top}"], hidden + keep[f"l{top}_reverse"]]))
+        self.sentence_dim = 2 * new_hidden
 
 
 @register("bilstm")

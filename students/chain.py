@@ -170,7 +170,9 @@ class ChainStudent(Student):
             if i + 1 < len(names):
                 # The assistant labels the same transfer set; its cache sits beside the teacher's.
                 labeler = StudentLabeler(link, assets_from=current.assets)
-                produced = get_or_build_cache(labeler, transfer_set_of(current), current.path.parent)
+                # the next link matches derivatives: this assistant computes its own for it
+                wants = float(self.link_hparams(i + 1).get("derivative_weight") or 0.0) > 0
+                produced = get_or_build_cache(labeler, transfer_set_of(current), current.path.parent, derivatives=wants)
             self._records.append(self._link_record(i, link, current, parent_key, score, produced))
             if produced is not None:
                 current, parent_key = produced, current.key

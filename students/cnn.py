@@ -16,6 +16,7 @@ from torch import nn
 
 from students.neural import NeuralStudent, StudentModule
 from students.objectives import StudentOutput, suggest_objective
+from students.pruning import select_linear
 from students.registry import register
 from students.training import suggest_loop
 
@@ -83,6 +84,38 @@ class KimCNNModule(StudentModule):
             pooled.append(feats.max(dim=2).values)
         sentence = torch.cat(pooled, dim=1)
         return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
+
+    # -- structured pruning: filters (students.pruning) ----------------------------------------
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """L2 norm of each filter's weights and bias, one group per filter width."""
+        return {
+            f"conv{w}": (conv.weight.detach().pow(2).sum((1, 2)) + conv.bias.detach().pow(2)).sqrt()
+            for w, conv in zip(self.widths, self.convs, strict=True)
+        }
+
+    @torch.no_grad()
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """A zeroed filter outputs relu(0) = 0 everywhere, so its max-pooled feature is 0."""
+        for w, conv in zip(self.widths, self.convs, strict=True):
+            mask = pruned.get(f"conv{w}")
+            if mask is not None:
+                conv.weight[mask] = 0
+                conv.bias[mask] = 0
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """Narrower convolutions, and the head's matching input columns."""
+        columns, offset = [], 0
+        for i, (w, conv) in enumerate(zip(self.widths, self.convs, strict=True)):
+            kept = keep.get(f"conv{w}", torch.arange(conv.out_channels)).to(conv.weight.device)
+            new = nn.Conv1d(conv.in_channels, len(kept), w).to(conv.weight.device)
+            with torch.no_grad():
+                new.weight.copy_(conv.weight[kept])
+                new.bias.copy_(conv.bias[kept])
+            self.convs[i] = new
+            columns.append(offset + kept)
+            offset += conv.out_channels
+        self.head[0] = select_linear(self.head[0], cols=torch.cat(columns))
+        self.sentence_dim = sum(conv.out_channels for conv in self.convs)
 
 
 @register("cnn")

@@ -9,6 +9,8 @@ n-gram (a word boundary) is shown as "␣".
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,12 +43,67 @@ class FeaturizerConfig(FromMapping):
         return {f.name: getattr(cls(), f.name) for f in fields(cls)}
 
 
+class FastTfidf:
+    """One fitted ``TfidfVectorizer``'s ``transform`` without scikit-learn's per-call pipeline.
+
+    The same analyser (lower-casing, tokenising, n-grams) and the same float32 arithmetic in the
+    same order (counts → 1 + log → × idf → row L2 norm summed in double, as scikit-learn's
+    Cython does), so the features are equal to the vectoriser's; only the input validation,
+    sparse-matrix round trips and estimator checks around them are gone (~1 ms → tens of µs a
+    sentence).
+    """
+
+    def __init__(self, vectorizer: TfidfVectorizer) -> None:
+        self.analyze = vectorizer.build_analyzer()
+        self.vocabulary: dict[str, int] = dict(vectorizer.vocabulary_)
+        self.sublinear = bool(vectorizer.sublinear_tf)
+        self.idf = np.asarray(vectorizer.idf_) if vectorizer.use_idf else None
+        self.l2 = vectorizer.norm == "l2"
+        if vectorizer.norm not in ("l2", None):
+            raise ValueError(f"the fast featuriser supports norm='l2' or None, not {vectorizer.norm!r}")
+
+    def transform(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(data float32, column indices int32, row pointers) of the TF-IDF rows, columns sorted per row."""
+        vocabulary, values, columns, indptr = self.vocabulary, [], [], [0]
+        for text in texts:
+            counts: dict[int, int] = {}
+            for gram in self.analyze(text):
+                column = vocabulary.get(gram)
+                if column is not None:
+                    counts[column] = counts.get(column, 0) + 1
+            for column in sorted(counts):
+                columns.append(column)
+                values.append(counts[column])
+            indptr.append(len(columns))
+        data = np.asarray(values, dtype=np.float32)
+        index = np.asarray(columns, dtype=np.int32)
+        if self.sublinear:
+            np.log(data, data)
+            data += 1.0
+        if self.idf is not None:
+            data *= self.idf[index]
+        if self.l2:
+            squares = (data * data).tolist()
+            for start, end in itertools.pairwise(indptr):
+                total = 0.0
+                for value in squares[start:end]:  # in order, in double: scikit-learn's own sum
+                    total += value
+                if total:
+                    data[start:end] = data[start:end].astype(np.float64) / math.sqrt(total)
+        return data, index, np.asarray(indptr, dtype=np.int32)
+
+
 class NgramFeaturizer:
     """Word + character TF-IDF, hstacked into one float32 CSR matrix (word columns first)."""
 
     def __init__(self, config: FeaturizerConfig | None = None) -> None:
         self.config = config or FeaturizerConfig()
         self.parts: list[tuple[str, TfidfVectorizer]] = []
+        self._fast: list[FastTfidf] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Saved students stay as before: the fast path is rebuilt from the vectorisers on first use."""
+        return {k: v for k, v in self.__dict__.items() if k != "_fast"}
 
     def _vectorizers(self, min_df: int) -> list[tuple[str, TfidfVectorizer]]:
         c = self.config
@@ -87,6 +144,7 @@ class NgramFeaturizer:
 
     def _fit_transform(self, texts: list[str], min_df: int) -> sp.csr_matrix:
         self.parts = self._vectorizers(min_df)
+        self._fast = None
         return sp.hstack([vec.fit_transform(texts) for _, vec in self.parts], format="csr", dtype=np.float32)
 
     def fit(self, texts: Sequence[str]) -> NgramFeaturizer:
@@ -94,6 +152,25 @@ class NgramFeaturizer:
         return self
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """The features of ``texts``, equal to ``sklearn_transform``'s, at a fraction of the cost per call."""
+        assert self.parts, "fit the featuriser first"
+        if getattr(self, "_fast", None) is None:
+            self._fast = [FastTfidf(vec) for _, vec in self.parts]
+        texts = list(texts)
+        blocks = [fast.transform(texts) for fast in self._fast]
+        if len(blocks) == 1:
+            data, index, indptr = blocks[0]
+        else:  # hstack: per row, each part's columns after the previous parts' (shifted by their widths)
+            offsets = np.cumsum([0] + [len(vec.vocabulary_) for _, vec in self.parts[:-1]])
+            rows = np.concatenate([np.repeat(np.arange(len(texts)), np.diff(b[2])) for b in blocks])
+            order = np.argsort(rows, kind="stable")
+            data = np.concatenate([b[0] for b in blocks])[order]
+            index = np.concatenate([b[1] + off for b, off in zip(blocks, offsets, strict=True)])[order]
+            indptr = np.sum([b[2] for b in blocks], axis=0, dtype=np.int32)
+        return sp.csr_matrix((data, index, indptr), shape=(len(texts), self.n_features))
+
+    def sklearn_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """The vectorisers' own ``transform``, hstacked: the reference the fast path equals."""
         assert self.parts, "fit the featuriser first"
         texts = list(texts)
         return sp.hstack([vec.transform(texts) for _, vec in self.parts], format="csr", dtype=np.float32)

@@ -272,8 +272,11 @@ class LGBMStudent(ForestStudent):
             self.num_iteration = -best[1]
 
     def predict_outputs(self, x: sp.csr_matrix) -> np.ndarray:
+        """The boosters' own ``predict`` (the scikit-learn wrapper only adds input checks per call)."""
         threads = {"num_threads": 1} if x.shape[0] < SMALL_BATCH else {}
-        return np.column_stack([m.predict(x, num_iteration=self.num_iteration, **threads) for m in self.models])
+        return np.column_stack(
+            [m.booster_.predict(x, num_iteration=self.num_iteration, **threads) for m in self.models]
+        )
 
     def contributions(self, x: sp.csr_matrix) -> tuple[list[sp.csr_matrix], np.ndarray]:
         parts, bias = [], []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from students.base import Student
+from transfer.errors import KDError
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -51,6 +52,23 @@ class StudentLabeler:
         if represent is None:
             return logits, None
         return logits, np.asarray(represent(texts), dtype=np.float32)[:, None, :]
+
+    def label_batch_with_derivatives(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, the sentence vector as one layer, and the student's own input derivatives (neural students)."""
+        compute = getattr(self.student, "input_derivatives", None)
+        if compute is None:
+            raise KDError(
+                f"a {self.student.name} student cannot compute input derivatives, so the next link of the chain "
+                "cannot match them: set its derivative_weight=0"
+            )
+        logits, sentence, derivs = compute(texts)
+        return logits, sentence[:, None, :], derivs
+
+    def derivative_info(self) -> dict[str, object]:
+        info = getattr(self.student, "derivative_info", None)
+        if info is None:
+            raise KDError(f"a {self.student.name} student cannot compute input derivatives")
+        return info()
 
     def write_assets(self, directory: Path) -> None:
         if self.assets_from is not None and self.assets_from.is_dir():

@@ -7,6 +7,7 @@ student initialised from the teacher's WordPiece embeddings sees exactly the tea
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -20,11 +21,17 @@ from torch import nn
 
 from students.base import DevSet, ParamCount, Reporter, Student
 from students.objectives import DistillationObjective, ObjectiveConfig, StudentOutput
-from students.training import CombinedObjective, History, LoopConfig, TrainingData, train_loop
+from students.pruning import pack_sparse, remove_pruned, shrink_to_counts, unpack_sparse
+from students.training import CombinedObjective, EmbeddingCapture, History, LoopConfig, TrainingData, train_loop
 from transfer.batching import length_sorted_batches, pad_batch
+from transfer.derivatives import FORM as DERIVATIVE_FORM
+from transfer.derivatives import aligned_lengths, gradient_times_input, vocabulary_hash
+from transfer.errors import KDError
 
 if TYPE_CHECKING:
     from transfer.cache import TransferCache
+
+PRUNING_ARCH = ("sparsity", "units")  # arch.json entries about pruning, not arguments of build_module
 
 
 class StudentModule(nn.Module):
@@ -39,6 +46,26 @@ class StudentModule(nn.Module):
         """Parameters of lookup tables (token/position embeddings), excluded from non-embedding counts."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
 
+    def word_embeddings(self) -> nn.Embedding:
+        """The WordPiece lookup whose output is the input x of derivative matching (∂logits/∂x)."""
+        embedding = getattr(self, "embedding", None)
+        if not isinstance(embedding, nn.Embedding):
+            raise NotImplementedError(f"{type(self).__name__} must say which module is its word embedding")
+        return embedding
+
+    # Structured pruning (students.pruning): a module names its units by group, zeroes and removes them.
+    def unit_scores(self) -> dict[str, torch.Tensor]:
+        """Importance (L2 norm) of every prunable unit, by group; empty = no structured pruning."""
+        return {}
+
+    def zero_units(self, pruned: dict[str, torch.Tensor]) -> None:
+        """Zero the weights of the pruned units (bool masks by group) so that their output is exactly 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
+
+    def remove_units(self, keep: dict[str, torch.Tensor]) -> None:
+        """Physically keep only the units ``keep`` lists (indices by group): a smaller, faster module."""
+        raise NotImplementedError(f"{type(self).__name__} has no prunable units")
+
 
 class NeuralStudent(Student):
     """A student that is a torch module trained by the shared loop on the shared objective."""
@@ -52,8 +79,33 @@ class NeuralStudent(Student):
 
     @property
     def device(self) -> torch.device:
-        """The runtime's device (``device=`` of the study): never chosen behind the caller's back."""
-        return self.runtime.torch_device()
+        """The runtime's device (``device=`` of the study): never chosen behind the caller's back.
+
+        An int8 student (``quantized``) runs on the CPU whatever the runtime says: its kernels are CPU ones.
+        """
+        return torch.device("cpu") if self.int8 else self.runtime.torch_device()
+
+    @property
+    def int8(self) -> bool:
+        """Whether the Linear/LSTM layers run as dynamic int8 (an inference-only export, ``quantized``)."""
+        return bool(self.arch.get("int8"))
+
+    def quantized(self) -> NeuralStudent:
+        """A CPU copy whose ``nn.Linear`` and ``nn.LSTM`` layers run in dynamic int8 (``students.export``).
+
+        It predicts, saves and loads like any student (``arch.json`` records ``int8``); it cannot be fitted.
+        """
+        from students.export import quantize_int8
+
+        assert self.module is not None, "fit or load the student first"
+        twin = copy.copy(self)
+        twin.hparams, twin.arch = dict(self.hparams), {**self.arch, "int8": True}
+        twin.module = quantize_int8(self.module)
+        return twin
+
+    def _module_arch(self) -> dict[str, Any]:
+        """The ``build_module`` arguments: ``arch`` less its export flag."""
+        return {k: v for k, v in self.arch.items() if k != "int8"}
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -69,7 +121,11 @@ class NeuralStudent(Student):
     def fit_metrics(self) -> dict[str, float]:
         if self.history is None:
             return {}
-        return {"best_epoch": float(self.history.best_epoch), "epochs_run": float(len(self.history.epochs))}
+        return {
+            "best_epoch": float(self.history.best_epoch),
+            "epochs_run": float(len(self.history.epochs)),
+            "sparsity": float(self.arch.get("sparsity", 0.0)),
+        }
 
     @abstractmethod
     def build_module(
@@ -131,7 +187,10 @@ class NeuralStudent(Student):
         extra = self.extra_objective(cache)
         if extra is not None:
             objective = CombinedObjective([objective, extra])
-        data = TrainingData(self.encode(cache.texts), np.asarray(cache.logits), cache.labels, acts)
+        ids = self.encode(cache.texts)
+        data = TrainingData(ids, np.asarray(cache.logits), cache.labels, acts)
+        if float(self.hparams.get("derivative_weight", 0.0)) > 0:
+            data.teacher_derivatives, data.derivative_lengths = self._derivative_targets(cache, ids)
         evaluate = None
         if dev is not None:
             dev_ids = self.encode(dev.split.texts)
@@ -150,7 +209,34 @@ class NeuralStudent(Student):
             report=report,
             progress=self.runtime.progress,
         )
+        self.arch["sparsity"] = self.history.sparsity
+        if self.history.kept_units:  # structured pruning: drop the zeroed units for good
+            self.arch["units"] = remove_pruned(self.module, self.history.kept_units)
+            self.module.to(self.device).eval()
         return self
+
+    def _derivative_targets(self, cache: TransferCache, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The cached teacher derivatives and, per text, how many leading tokens align with the teacher's.
+
+        Alignment is token by token, so the student must read the teacher's WordPiece ids; a
+        student whose ``max_length`` differs keeps the positions where both token sequences agree.
+        """
+        info, derivs = cache.derivative_info, cache.derivatives
+        if info is None or derivs is None:
+            raise KDError(
+                "derivative_weight > 0 but the transfer cache holds no teacher derivatives: "
+                "build it with transfer.derivatives=true"
+            )
+        mine = vocabulary_hash(self.tokenizer)
+        if info.get("vocabulary") != mine:
+            raise KDError(
+                f"derivative matching aligns token by token with the teacher's WordPiece tokens, but {self.name} "
+                f"tokenizes with another vocabulary ({mine} vs the teacher's {info.get('vocabulary')}): "
+                "use the cache's tokenizer, or set derivative_weight=0"
+            )
+        enc = self.tokenizer(list(cache.texts), truncation=True, max_length=int(info["max_length"]))
+        teacher_ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+        return derivs, aligned_lengths(ids, teacher_ids)
 
     @torch.no_grad()
     def _logits_from_ids(self, ids: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -164,6 +250,32 @@ class NeuralStudent(Student):
 
     def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
         return self._logits_from_ids(self.encode(texts))
+
+    def input_derivatives(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, sentence vectors and gradient × input per token and class [B, T, C] of one batch.
+
+        What a student labelling for the next link of a chain gives, so that link can match derivatives too.
+        """
+        assert self.module is not None, "fit or load the student first"
+        self.module.eval()
+        input_ids, mask = pad_batch(self.encode(texts), self.pad_id, self.device)
+        with torch.enable_grad(), EmbeddingCapture(self.module) as capture:
+            out = self.module(input_ids, mask)
+        assert capture.output is not None
+        derivs = gradient_times_input(out.logits, capture.output)[:, : input_ids.shape[1]].detach()
+        derivs = derivs * mask.unsqueeze(-1).to(derivs.dtype)
+        return (
+            out.logits.detach().float().cpu().numpy(),
+            out.sentence.detach().float().cpu().numpy(),
+            derivs.float().cpu().numpy(),
+        )
+
+    def derivative_info(self) -> dict[str, Any]:
+        return {
+            "form": DERIVATIVE_FORM,
+            "max_length": int(self.hparams["max_length"]),
+            "vocabulary": vocabulary_hash(self.tokenizer),
+        }
 
     @torch.no_grad()
     def sentence_representations(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -184,15 +296,28 @@ class NeuralStudent(Student):
 
     def _save_state(self, path: Path) -> None:
         assert self.module is not None
-        torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, path / "model.pt")
+        state = self.module.state_dict()  # int8 (CPU only): as is, its version metadata tells how to load it
+        # Unstructured sparsity only shrinks the file when stored sparse (CSR where smaller, see students.pruning).
+        torch.save(state if self.int8 else pack_sparse({k: v.cpu() for k, v in state.items()}), path / "model.pt")
         (path / "arch.json").write_text(json.dumps(self.arch))
         self.tokenizer.save_pretrained(str(path / "tokenizer"))
 
     def _load_state(self, path: Path) -> None:
         self._load_tokenizer(path / "tokenizer")
         self.arch = json.loads((path / "arch.json").read_text())
-        self.module = self.build_module(**self.arch, pad_id=self.pad_id, cache=None)
-        self.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        build = {k: v for k, v in self._module_arch().items() if k not in PRUNING_ARCH}
+        self.module = self.build_module(**build, pad_id=self.pad_id, cache=None)
+        if self.arch.get("units"):
+            shrink_to_counts(self.module, self.arch["units"])
+        if self.int8:
+            from students.export import quantize_int8
+
+            self.module = quantize_int8(self.module)
+        # int8 layers hold packed-parameter objects that only a full unpickling restores: load
+        # such a student only from a source you trust (as any forest student, a joblib pickle).
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=not self.int8)
+        # (int8 states keep their version metadata: a rebuilt dict would lose it, and they are never packed sparse)
+        self.module.load_state_dict(state if self.int8 else unpack_sparse(state))
         self.module.to(self.device).eval()
 
     def with_runtime(self, device: str | None = None, progress: bool = False) -> NeuralStudent:

@@ -11,6 +11,9 @@ Optuna may search):
             linear projection, MSE or cosine (FitNets; Kim & Rush 2016);
 - ``nst``:  neuron-selectivity transfer (Huang & Wang 2017), see ``nst_loss``;
 - ``ab``:   activation-boundary transfer (Heo et al. 2018), see ``ab_loss``;
+- ``derivative``: derivative matching (Papamakarios 2015; Czarnecki et al. 2017, Sobolev training):
+            the student's gradient × input attributions of its logits to its input tokens, by double
+            backward, against the teacher's cached ones (``transfer/derivatives.py``), token by token;
 - noisy teacher (Sau & Balasubramanian 2016): during training, with probability ``noise_prob`` per
             batch the teacher logits used by ``kd`` and ``mse`` become ``z ⊙ (1 + noise_scale·ε)``,
             ε ~ N(0, I) elementwise (the paper's multiplicative form: the noise is relative to each
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer.derivatives import derivative_loss, gradient_times_input
 from transfer.settings import FromMapping
 
 
@@ -49,6 +53,7 @@ class ObjectiveConfig(FromMapping):
     ab_margin: float = 1.0  # μ of the activation-boundary hinge
     noise_prob: float = 0.0  # noisy teacher: probability that a training batch gets perturbed logits (0 = off)
     noise_scale: float = 0.1  # noisy teacher: σ of the relative Gaussian perturbation
+    derivative_weight: float = 0.0  # derivative matching (needs a cache built with transfer.derivatives=true)
 
     @classmethod
     def hparam_names(cls) -> set[str]:
@@ -62,6 +67,7 @@ class StudentOutput:
     logits: torch.Tensor  # [B, C]
     sentence: torch.Tensor  # [B, D] the representation fed to the classifier head
     layers: list[torch.Tensor] | None = None  # per-layer pooled states [B, D_l] (BERT-like students)
+    embedded: torch.Tensor | None = None  # [B, T, E] word-embedding output (set by the loop for derivative matching)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -167,6 +173,11 @@ class DistillationObjective(nn.Module):
         c = self.config
         return c.hidden_weight > 0 or c.nst_weight > 0 or c.ab_weight > 0
 
+    @property
+    def needs_derivatives(self) -> bool:
+        """The batch must carry ``teacher_derivatives`` and ``derivative_mask``, the output ``embedded``."""
+        return self.config.derivative_weight > 0
+
     def _teacher_layer(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         acts = batch["teacher_activations"]
         layer = self.config.hidden_layer
@@ -198,20 +209,27 @@ class DistillationObjective(nn.Module):
             terms["nst"] = c.nst_weight * nst_loss(self.nst_proj(out.sentence), self._teacher_layer(batch))
         if self.ab_proj is not None:
             terms["ab"] = c.ab_weight * ab_loss(self.ab_proj(out.sentence), self._teacher_layer(batch), c.ab_margin)
+        if c.derivative_weight > 0:
+            if out.embedded is None or "teacher_derivatives" not in batch:
+                raise ValueError("derivative_weight > 0 needs the student's embedded input and teacher derivatives")
+            student = gradient_times_input(out.logits, out.embedded, create_graph=torch.is_grad_enabled())
+            target = batch["teacher_derivatives"]
+            terms["derivative"] = c.derivative_weight * derivative_loss(student, target, batch["derivative_mask"])
         if not terms:
             raise ValueError("the distillation objective has no term with a positive weight")
         loss = torch.stack(list(terms.values())).sum()
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
-EXTRA_TERMS = ("hidden", "nst", "ab", "noise")
+EXTRA_TERMS = ("hidden", "nst", "ab", "noise", "derivative", "prune")  # "prune": sparsity, not a loss term
 
 
 def suggest_objective(trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
     """The shared part of every neural student's search space: how much of each signal to use.
 
     ``extras`` (``study.search_objectives``) adds optional terms to the search (any of
-    ``EXTRA_TERMS``); without them only the logit/label terms are searched. The ranges are starting
+    ``EXTRA_TERMS``); without them only the logit/label terms are searched. ``prune`` is not a
+    loss term: it searches the sparsity and structure of pruning during distillation. The ranges are starting
     points: ``nst`` is a bounded Gram-matrix distance (≤ 4) hence a larger weight, ``ab`` is ≈ μ²
     per wrong sign.
     """
@@ -234,4 +252,9 @@ def suggest_objective(trial: Any, extras: Sequence[str] = ()) -> dict[str, Any]:
     if "noise" in extras:
         params["noise_prob"] = trial.suggest_float("noise_prob", 0.0, 1.0)
         params["noise_scale"] = trial.suggest_float("noise_scale", 0.01, 1.0, log=True)
+    if "derivative" in extras:
+        params["derivative_weight"] = trial.suggest_float("derivative_weight", 0.01, 10.0, log=True)
+    if "prune" in extras:  # distillation with pruning (students/pruning.py): how much, and which structure
+        params["sparsity"] = trial.suggest_float("sparsity", 0.0, 0.9)
+        params["prune_structure"] = trial.suggest_categorical("prune_structure", ["structured", "unstructured"])
     return params

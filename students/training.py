@@ -8,6 +8,7 @@ can record the reason and move on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from students.objectives import DistillationObjective, StudentOutput
+from students.pruning import GradualPruner, zero_fraction
 from transfer.batching import bucketed_batches, pad_batch
 from transfer.settings import FromMapping
 
@@ -39,6 +41,10 @@ class CombinedObjective(nn.Module):
     @property
     def needs_activations(self) -> bool:
         return any(bool(getattr(part, "needs_activations", False)) for part in self.parts)
+
+    @property
+    def needs_derivatives(self) -> bool:
+        return any(bool(getattr(part, "needs_derivatives", False)) for part in self.parts)
 
     def forward(self, out: StudentOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         losses, terms = [], {}
@@ -65,6 +71,12 @@ class LoopConfig(FromMapping):
     grad_clip: float = 1.0
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
+    # Gradual magnitude pruning during distillation (students.pruning; Zhu & Gupta 2017's cubic schedule)
+    sparsity: float = 0.0  # final share of pruned weights (unstructured) or units (structured); 0 = off
+    prune_structure: str = "structured"  # "structured": LSTM units, CNN filters, BERT heads/neurons; "unstructured"
+    prune_start: float = 0.0  # fraction of the training steps where pruning starts
+    prune_end: float = 0.7  # fraction of the training steps where the target sparsity is reached
+    prune_every: int = 10  # steps between mask updates
 
 
 @dataclass
@@ -75,6 +87,8 @@ class TrainingData:
     teacher_logits: np.ndarray  # [N, C]
     labels: np.ndarray  # [N], -1 = none
     teacher_activations: np.ndarray | None = None  # [N, L, H]
+    teacher_derivatives: np.ndarray | None = None  # [N, T, C] gradient × input per teacher token
+    derivative_lengths: np.ndarray | None = None  # [N] leading positions whose ids match the teacher's
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +100,62 @@ class History:
     best_epoch: int = -1
     best_score: float = -math.inf
     seconds: float = 0.0
+    sparsity: float = 0.0  # share of the non-embedding weights that are zero at the end (pruned)
+    kept_units: dict[str, list[int]] | None = None  # structured pruning: the units each group keeps
+
+
+def _rows(array: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array[idx]`` as a float tensor; memmaps want sorted indices, so sort and restore the batch order."""
+    values = np.asarray(array[np.sort(idx)], dtype=np.float32)
+    return torch.from_numpy(values[np.argsort(np.argsort(idx))]).to(device)
+
+
+def derivative_targets(data: TrainingData, idx: np.ndarray, width: int, device: torch.device) -> dict:
+    """The teacher's attributions cropped or padded to the batch's width, and the aligned-position mask."""
+    derivs = _rows(data.teacher_derivatives, idx, device)[:, :width]  # type: ignore[arg-type]
+    if derivs.shape[1] < width:
+        derivs = torch.nn.functional.pad(derivs, (0, 0, 0, width - derivs.shape[1]))
+    lengths = torch.as_tensor(np.asarray(data.derivative_lengths)[idx], device=device)  # type: ignore[index]
+    mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    return {"teacher_derivatives": derivs, "derivative_mask": mask}
+
+
+class EmbeddingCapture:
+    """Within ``with``: records the word-embedding output of each forward, as a tensor gradients can reach.
+
+    cuDNN's RNN kernels and the fused attention kernels (flash, memory-efficient) have no double
+    backward, so meanwhile cuDNN is off and attention uses the plain math kernel (CPU runs as before).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        lookup = getattr(model, "word_embeddings", None)
+        if not callable(lookup):
+            raise ValueError(f"{type(model).__name__} does not say which module is its word embedding")
+        self.module: nn.Module = lookup()
+        self.output: torch.Tensor | None = None
+        self._handle: Any = None
+        self._stack = contextlib.ExitStack()
+
+    def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        if not output.requires_grad:  # a frozen table: differentiate w.r.t. its output all the same
+            output = output.detach().requires_grad_(True)
+        self.output = output
+        return output
+
+    def __enter__(self) -> EmbeddingCapture:
+        self.output = None
+        self._handle = self.module.register_forward_hook(self._hook)
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        if any(p.is_cuda for p in self.module.parameters()):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            self._stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        self._stack.close()
 
 
 def train_loop(
@@ -124,9 +194,27 @@ def train_loop(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimisers]
+    pruner = None
+    if config.sparsity > 0:
+        pruner = GradualPruner(
+            model,
+            config.sparsity,
+            config.prune_structure,
+            total,
+            config.prune_start,
+            config.prune_end,
+            config.prune_every,
+        )
+    step = 0
     logits_t = torch.from_numpy(np.array(data.teacher_logits, dtype=np.float32))
     labels_t = torch.from_numpy(np.array(data.labels, dtype=np.int64))
     need_acts = objective.needs_activations and data.teacher_activations is not None
+    need_derivs = bool(getattr(objective, "needs_derivatives", False))
+    if need_derivs and (data.teacher_derivatives is None or data.derivative_lengths is None):
+        raise ValueError(
+            "derivative_weight > 0 needs a cache with the teacher's input derivatives (transfer.derivatives=true)"
+        )
+    captured = EmbeddingCapture(model) if need_derivs else None
     history = History()
     best_state: dict | None = None
     stale = 0
@@ -141,11 +229,13 @@ def train_loop(
             input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
             batch = {"teacher_logits": logits_t[idx].to(device), "labels": labels_t[idx].to(device)}
             if need_acts:
-                acts = np.asarray(data.teacher_activations[np.sort(idx)], dtype=np.float32)  # type: ignore[index]
-                # memmaps want sorted indices; restore the batch order afterwards
-                inverse = np.argsort(np.argsort(idx))
-                batch["teacher_activations"] = torch.from_numpy(acts[inverse]).to(device)
-            out: StudentOutput = model(input_ids, mask)
+                batch["teacher_activations"] = _rows(data.teacher_activations, idx, device)  # type: ignore[arg-type]
+            if need_derivs:
+                batch |= derivative_targets(data, idx, input_ids.shape[1], device)
+            with captured if captured is not None else contextlib.nullcontext():
+                out: StudentOutput = model(input_ids, mask)
+            if captured is not None:
+                out.embedded = captured.output
             loss, _terms = objective(out, batch)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch + 1}, step {seen // config.batch_size}")
@@ -157,18 +247,26 @@ def train_loop(
             for optimiser, scheduler in zip(optimisers, schedulers, strict=True):
                 optimiser.step()
                 scheduler.step()
+            step += 1
+            if pruner is not None:
+                pruner.step(step)
             running += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         record = {"epoch": epoch + 1, "train_loss": running / max(1, seen)}
+        # While pruning has not reached its target, an epoch's model is not the model asked for:
+        # it may neither be kept as the best nor count towards early stopping.
+        eligible = pruner is None or pruner.reached_target()
+        if pruner is not None:
+            record["sparsity"] = pruner.current
         if evaluate is not None:
             model.eval()
             score = evaluate()
             record["dev_score"] = score
-            if score > history.best_score:
+            if eligible and score > history.best_score:
                 history.best_score, history.best_epoch, stale = score, epoch + 1, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
+            elif eligible:
                 stale += 1
             history.epochs.append(record)
             if report is not None:
@@ -180,6 +278,9 @@ def train_loop(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if pruner is not None:
+        history.sparsity = zero_fraction(model)
+        history.kept_units = pruner.kept_units()
     history.seconds = time.perf_counter() - started
     return history
 

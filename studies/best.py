@@ -91,8 +91,10 @@ def recover_hparams(student: str, trial: FrozenTrial) -> tuple[dict[str, Any], s
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return max(complete, key=lambda t: t.value) if complete else None  # first of equals: the one with the model
+    """The best complete trial meeting the study's constraint (first of equals: the one with the model)."""
+    from studies.search_policy import best_feasible
+
+    return best_feasible(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def find_studied(

@@ -25,7 +25,18 @@ from tqdm.auto import tqdm
 from students.base import Student
 from studies.best import BestConfig, as_names, find_studied, no_study_error
 from studies.cli import run_cli
-from studies.report import Cell, Column, Point, Stat, markdown_table, pareto_html, pareto_png, terminal_table, write_csv
+from studies.report import (
+    Cell,
+    Column,
+    Point,
+    Stat,
+    curves_png,
+    markdown_table,
+    pareto_html,
+    pareto_png,
+    terminal_table,
+    write_csv,
+)
 from transfer.errors import KDError
 
 log = logging.getLogger("studies.compare")
@@ -46,6 +57,31 @@ class StudentResult:
     config_hash: str
     seeds: list[SeedResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # one line per seed that could not be trained
+    label: str = ""  # the row's name: the student type, or e.g. "bilstm-pruned50" for a pruned variant
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.best.student
+
+
+def pruned_variants(best: BestConfig, sparsities: Sequence[float]) -> list[tuple[str, BestConfig]]:
+    """The best configuration structurally pruned to each sparsity (neural students only), with its row label.
+
+    Each variant is retrained like the best config itself (same seeds, its own config hash), so
+    the report shows, per student, score against sparsity and against latency.
+    """
+    from dataclasses import replace
+
+    from students.registry import get_student_class
+
+    if "sparsity" not in get_student_class(best.student).hparam_names():
+        return []
+    return [
+        (
+            f"{best.student}-pruned{round(100 * s)}",
+            replace(best, hparams={**best.hparams, "sparsity": float(s), "prune_structure": "structured"}),
+        )
+        for s in sparsities
+    ]
 
 
 @dataclass
@@ -123,7 +159,7 @@ def train_seed(prep: Any, best: BestConfig, seed: int, batch: int, log_model: bo
     with tempfile.TemporaryDirectory() as tmp:
         measured.metrics["size_bytes"] = float(dir_size(measured.student.save(Path(tmp) / "student")))
     if log_model:
-        log_student(measured.student, "student")
+        log_student(measured.student, "student", prep.cache.label_names, prep.task.dev.texts[:2])
     return measured.metrics
 
 
@@ -141,7 +177,9 @@ def remeasure(run: Any, prep: Any, batch: int) -> dict[str, float] | None:
         return latency_beside_teacher(student, prep) | latency_beside_teacher(student, prep, batch)
 
 
-def seed_result(prep: Any, experiment: str, best: BestConfig, chash: str, seed: int, batch: int) -> SeedResult:
+def seed_result(
+    prep: Any, experiment: str, best: BestConfig, chash: str, seed: int, batch: int, label: str = ""
+) -> SeedResult:
     """Reuse the seed run with these tags if one finished, else train and log a new one."""
     import mlflow
 
@@ -167,7 +205,7 @@ def seed_result(prep: Any, experiment: str, best: BestConfig, chash: str, seed: 
         "best_trial": str(best.trial_number),
         "hparams_source": best.hparams_source,
     }
-    with mlflow.start_run(run_name=f"{best.student}-seed-{seed}", tags={**tags, **extra}) as run:
+    with mlflow.start_run(run_name=f"{label or best.student}-seed-{seed}", tags={**tags, **extra}) as run:
         mlflow.log_params(flat_params({**best.hparams, "seed": seed}))
         metrics = train_seed(prep, best, seed, batch, str(prep.cfg.tracking.log_models) != "none")
         mlflow.log_metrics(metrics)
@@ -199,6 +237,7 @@ def columns_for(metric: str, batch: int) -> list[Column]:
         Column("speedup_b1", "speed-up b1", ".3g"),
         Column(f"speedup_b{batch}", f"speed-up b{batch}", ".3g"),
         Column("size_mb", "size MB", ".2f"),
+        Column("sparsity", "sparsity", ".2f"),
         Column("train_seconds", "train s", ".1f"),
     ]
 
@@ -228,7 +267,7 @@ def student_row(result: StudentResult, teacher: dict[str, float], metric: str, b
     score = stat(metric)
     b1, bb = stat("latency_ms_b1"), stat(f"latency_ms_b{batch}")
     return {
-        "model": result.best.student,
+        "model": result.label,
         "n": len(runs),
         metric: score,
         "pct_of_teacher": score.scaled(_ratio(100.0, teacher[metric])),
@@ -240,6 +279,7 @@ def student_row(result: StudentResult, teacher: dict[str, float], metric: str, b
         "speedup_b1": stat("latency_ratio_teacher").mean,
         f"speedup_b{batch}": stat(f"latency_ratio_teacher_b{batch}").mean,
         "size_mb": stat("size_bytes").scaled(1e-6),
+        "sparsity": stat("sparsity"),  # achieved: share of non-embedding weights pruned (0 when not pruned)
         "train_seconds": stat("train_seconds"),
         "study": result.best.study_name,
         "best_trial": result.best.trial_number,
@@ -264,8 +304,21 @@ def teacher_row(teacher: dict[str, float], metric: str, batch: int, label: str) 
         "speedup_b1": 1.0,
         f"speedup_b{batch}": 1.0,
         "size_mb": one("size_bytes").scaled(1e-6),
+        "sparsity": 0.0,
         "train_seconds": one("train_seconds"),
     }
+
+
+def sparsity_series(
+    rows: Sequence[dict[str, Cell]], results: Sequence[StudentResult], metric: str
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Per student type, (mean sparsity, mean score, score sd) of its best config and of each pruned variant."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for row, result in zip(rows, results, strict=True):
+        sparsity, score = row["sparsity"], row[metric]
+        if isinstance(sparsity, Stat) and isinstance(score, Stat):
+            series.setdefault(result.best.student, []).append((sparsity.mean, score.mean, score.sd or 0.0))
+    return series
 
 
 def render_markdown(
@@ -299,6 +352,9 @@ def render_markdown(
             else "."
         ),
         "- size = bytes of the saved model directory (weights, tokenizer, settings).",
+        "- sparsity = share of the non-embedding weights pruned during distillation (structured: units removed "
+        "from the saved model; unstructured: zeros, stored sparse only where smaller). `<student>-prunedNN` rows "
+        "are the best configuration retrained with structured pruning to NN % (compare.sparsities).",
         f"- seed runs: {trained} trained now, {reused} reused from MLflow (role=seed_run, same config hash).",
     ]
     if missing:
@@ -342,16 +398,24 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
 
     teacher = measure_teacher(prep, batch)
     results = [StudentResult(best, best.config_hash(prep.cache.key)) for best in studied.best]
+    sparsities = [float(s) for s in (cfg.compare.get("sparsities") or [])]
+    results += [
+        StudentResult(variant, variant.config_hash(prep.cache.key), label=label)
+        for best in studied.best
+        for label, variant in pruned_variants(best, sparsities)
+    ]
     jobs = [(r, seed) for r in results for seed in seeds]
     for result, seed in tqdm(jobs, desc="seed runs", unit="run", disable=not cfg.progress or not jobs):
         try:
-            result.seeds.append(seed_result(prep, experiment, result.best, result.config_hash, seed, batch))
+            result.seeds.append(
+                seed_result(prep, experiment, result.best, result.config_hash, seed, batch, result.label)
+            )
         except (KDError, ArithmeticError, RuntimeError, ValueError) as err:  # one bad seed must not sink the report
-            log.warning("%s seed %d failed: %s", result.best.student, seed, err)
+            log.warning("%s seed %d failed: %s", result.label, seed, err)
             result.errors.append(f"seed {seed}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     for result in results:
         if not result.seeds:
-            studied.missing[result.best.student] = "every seed failed: " + "; ".join(result.errors)
+            studied.missing[result.label] = "every seed failed: " + "; ".join(result.errors)
     done = [r for r in results if r.seeds]
 
     metric = prep.report_metric  # chosen on dev, reported on test
@@ -373,6 +437,13 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
         "csv": write_csv(out_dir / "comparison.csv", columns + EXTRA_CSV, rows),
         "png": pareto_png(out_dir / "pareto.png", points, "batch-1 latency (ms, log scale)", metric, title),
         "html": pareto_html(out_dir / "pareto.html", points, "batch-1 latency (ms, log scale)", metric, title),
+        "sparsity_png": curves_png(
+            out_dir / "sparsity.png",
+            sparsity_series(rows[1:], done, metric),
+            "sparsity (share of non-embedding weights pruned)",
+            metric,
+            f"{cfg.task.name}: {metric} vs sparsity per student (mean ± sd over {len(seeds)} seeds)",
+        ),
     }
     files["markdown"].write_text(markdown, encoding="utf-8")
 
@@ -381,7 +452,7 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
         "task": str(cfg.task.name),
         "cache_key": prep.cache.key,
         "teacher_fingerprint": prep.teacher.fingerprint,
-        "students": ",".join(r.best.student for r in done),
+        "students": ",".join(r.label for r in done),
         "missing": ",".join(sorted(studied.missing)),
     }
     note = (
@@ -392,9 +463,10 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     with mlflow.start_run(run_name=f"compare-{cfg.task.name}", tags={**tags, "mlflow.note.content": note}) as run:
         mlflow.log_params({"seeds": ",".join(map(str, seeds)), "batch_latency": batch})
         for row in rows[1:]:
-            score = row[metric]
-            if isinstance(score, Stat):
-                mlflow.log_metric(f"{row['model']}.{metric}_mean", score.mean)
+            for key, name in ((metric, f"{metric}_mean"), ("sparsity", "sparsity"), ("latency_ms_b1", "latency_ms_b1")):
+                value = row[key]
+                if isinstance(value, Stat) and math.isfinite(value.mean):
+                    mlflow.log_metric(f"{row['model']}.{name}", value.mean)
         for path in files.values():
             mlflow.log_artifact(str(path))
         seed_runs = {r.best.student: {str(s.seed): s.run_id for s in r.seeds} for r in results}

@@ -105,6 +105,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         cache_root / "transfer",
         batch_size=int(cfg.transfer.label_batch_size),
         sort_by_length=bool(cfg.transfer.sort_by_length),
+        derivatives=bool(cfg.transfer.get("derivatives", False)),
     )
     metrics = evaluate_model(
         teacher.predict_logits,

@@ -185,6 +185,35 @@ def pareto_png(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: s
     return out
 
 
+def curves_png(
+    path: str | Path, series: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str, title: str
+) -> Path:
+    """One line per model family through its (x, y ± sd) points, e.g. a student's score against its sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, points in sorted(series.items()):
+        points = sorted(p for p in points if math.isfinite(p[0]) and math.isfinite(p[1]))
+        if not points:
+            continue
+        xs, ys, sds = zip(*points, strict=True)
+        ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def pareto_html(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: str, title: str) -> Path:
     """The same plot, interactive (hover for numbers); plotly.js is embedded so it opens offline."""
     import plotly.graph_objects as go

@@ -22,6 +22,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from studies.cli import run_cli
+from transfer.errors import KDError
 
 log = logging.getLogger("studies.run")
 
@@ -41,6 +42,7 @@ class StudyResult:
     n_finished: int
     metric: str  # dev_<metric>: what chose the best trial
     report_metric: str  # test_<metric>: what is reported
+    registered: str | None = None  # models:/<name>/<version> when tracking.register is set
 
 
 def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str, setup: dict[str, Any]) -> str:
@@ -52,7 +54,7 @@ def default_study_name(cfg: DictConfig, teacher_label: str, cache_key: str, setu
     from studies.search import setup_hash
 
     name = f"{cfg.task.name}-{teacher_label}-{cfg.student.name}-{cache_key[:6]}"
-    plain = not setup["fixed"] and not setup["search_objectives"]
+    plain = not setup["fixed"] and not setup["search_objectives"] and not setup.get("min_speedup")
     return name if plain else f"{name}-s{setup_hash(setup)}"
 
 
@@ -74,6 +76,9 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
     fingerprint = prep.teacher.fingerprint
     existing = find_run(experiment, role="teacher", teacher_fingerprint=fingerprint)
     if existing:
+        if mlflow.get_run(existing).data.tags.get("has_pyfunc") != "true":  # a teacher run from before MLflow Models
+            with mlflow.start_run(run_id=existing):
+                _log_teacher_model(prep)
         return existing
     tags = {"role": "teacher", "teacher_fingerprint": fingerprint, "cache_key": prep.cache.key}
     with mlflow.start_run(run_name=f"teacher-{prep.teacher_label}", tags=tags, nested=False) as run:
@@ -86,14 +91,29 @@ def log_teacher_run(prep: Any, experiment: str) -> str:
         if prep.teacher.record.get("chosen_epoch") is not None:
             mlflow.log_metric("chosen_epoch", float(prep.teacher.record["chosen_epoch"]))
         mlflow.log_dict(prep.teacher.record, "teacher_record.json")
+        _log_teacher_model(prep)
         return run.info.run_id
+
+
+def _log_teacher_model(prep: Any) -> None:
+    """The fine-tuned teacher as an MLflow Model of the active (teacher) run, unless models are not logged."""
+    import mlflow
+
+    from studies.models import log_text_model
+
+    if str(prep.cfg.tracking.log_models) == "none":
+        return
+    labels, example = prep.cache.label_names, prep.task.dev.texts[:2]
+    log_text_model(prep.teacher.path, labels, example, kind="teacher", max_length=prep.teacher.max_length)
+    mlflow.set_tag("has_pyfunc", "true")
 
 
 def run_study(cfg: DictConfig) -> StudyResult:
     import mlflow
     import optuna
 
-    from studies import search, workers
+    from students.registry import get_student_class
+    from studies import search, search_policy, workers
     from studies.pipeline import load_configured_task, prepare
     from studies.tracking import default_storage, flat_params, git_commit, set_runs_view, setup_mlflow
     from studies.validate import validate
@@ -101,7 +121,8 @@ def run_study(cfg: DictConfig) -> StudyResult:
     fixed = fixed_hparams(cfg.student)
     validate(cfg, fixed)  # every setting, before any costly work
     load_configured_task(cfg)  # bad data files, likewise
-    setup = search.study_setup(str(cfg.student.name), fixed, list(cfg.study.get("search_objectives") or ()))
+    extras = list(cfg.study.get("search_objectives") or ())
+    setup = search.study_setup(str(cfg.student.name), fixed, extras, search_policy.min_speedup(cfg))
     experiment = cfg.tracking.experiment or f"kd-{cfg.task.name}"
     tracking_uri = setup_mlflow(cfg.tracking.uri, experiment)
     prep = prepare(cfg)
@@ -113,6 +134,8 @@ def run_study(cfg: DictConfig) -> StudyResult:
     study = search.open_study(
         name, storage, cfg, prep.cache.key, setup, prep.metric, str(prep.teacher.record.get("key", ""))
     )
+    if cfg.study.get("enqueue_defaults"):
+        search_policy.enqueue_defaults(study, get_student_class(str(cfg.student.name)), fixed, extras)
     # one teacher run per experiment even when workers sharing the cache start together
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)
@@ -162,7 +185,37 @@ def run_study(cfg: DictConfig) -> StudyResult:
                 {f"best_{k}": best_metrics[k] for k in (prep.metric, prep.report_metric) if k in best_metrics}
             )
             _copy_best_model(result.best_run_id)
+            if cfg.tracking.get("register"):
+                result.registered = register_best(
+                    result.best_run_id, str(cfg.tracking.register), prep.cache.label_names, prep.task.dev.texts[:2]
+                )
+                mlflow.set_tag("registered_model", result.registered)
+        log_trials_pareto(study, prep.metric, f"{cfg.student.name} trials, {cfg.task.name}")
     return result
+
+
+def log_trials_pareto(study: Any, metric: str, title: str) -> None:
+    """Every complete trial on the dev-score / batch-1 latency plane (front marked), as the study run's artifacts.
+
+    With ``study.min_speedup`` this is where a person sees what the constraint cost; without it,
+    which trials a faster student could have come from.
+    """
+    import mlflow
+    from optuna.trial import TrialState
+
+    from studies.report import Point, pareto_html, pareto_png
+
+    points = [
+        Point(f"#{t.number}", float(t.user_attrs["latency_ms_b1"]), float(t.value))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and "latency_ms_b1" in t.user_attrs
+    ]
+    if len(points) < 2:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for writer, suffix in ((pareto_png, "png"), (pareto_html, "html")):
+            path = writer(Path(tmp) / f"trials_pareto.{suffix}", points, "batch-1 latency (ms)", metric, title)
+            mlflow.log_artifact(str(path))
 
 
 def study_run_note(name: str, storage_url: str, student: str, metric: str) -> str:
@@ -190,6 +243,31 @@ def link_dashboard_to_mlflow(study: Any, experiment: str, tracking_uri: str) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         save_note(study, body)
+
+
+def register_best(run_id: str, registered_name: str, labels: Sequence[str], example: Sequence[str]) -> str:
+    """Register the best trial's MLflow Model (``tracking.register``); a new version per call.
+
+    A best trial logged before students became MLflow Models has only its saved student: it is
+    logged as one into that run first (``labels``, ``example``: the task's label names, example texts).
+    """
+    import mlflow
+
+    from studies.models import log_text_model, register
+
+    tags = mlflow.get_run(run_id).data.tags
+    if tags.get("has_pyfunc") != "true":
+        if tags.get("has_model") != "true":
+            raise KDError(
+                f"tracking.register={registered_name}: the best trial's run {run_id} has no saved student to "
+                "register (it was logged with tracking.log_models=none); rerun a study with tracking.log_models=best"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="student", dst_path=tmp)
+            with mlflow.start_run(run_id=run_id, nested=True):
+                log_text_model(local, labels, example)
+                mlflow.set_tag("has_pyfunc", "true")
+    return register(run_id, registered_name)
 
 
 def _copy_best_model(run_id: str) -> None:
@@ -220,8 +298,9 @@ def _summarise(
 ) -> StudyResult:
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    from studies.search_policy import best_feasible
+
+    best = best_feasible(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return StudyResult(
         study_name=name,
         storage=storage,
@@ -247,7 +326,9 @@ def describe(result: StudyResult) -> str:
     lines = [f"study {result.study_name!r}: {result.n_finished} finished trials (complete or pruned)"]
     teacher = result.teacher_metrics
     if result.best_trial is None:
-        lines.append("no trial completed (all pruned or failed); see the MLflow runs for reasons")
+        lines.append(
+            "no trial completed (all pruned or failed) or none met study.min_speedup; see the MLflow runs for reasons"
+        )
     else:
         import mlflow
 
@@ -267,6 +348,15 @@ def describe(result: StudyResult) -> str:
             f"params {int(m.get('params_total', 0)):,} ({int(m.get('params_non_embedding', 0)):,} non-embedding)"
         )
         lines.append(f"best hyper-parameters: {result.best_params}")
+        model_uri = result.registered or f"runs:/{result.best_run_id}/model"
+        lines += [
+            "",
+            "serve it (raw text in, label and class probabilities out):",
+            f"  MLFLOW_TRACKING_URI={result.tracking_uri} "
+            f"mlflow models serve -m {model_uri} --env-manager local -p 5001",
+            "  curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+            """-d '{"dataframe_records": [{"text": "a gripping, funny film"}]}'""",
+        ]
     runs = runs_view_url(result.experiment_id)
     lines += [
         "",

@@ -24,6 +24,7 @@ from students.search_space import sample_hparams
 from students.training import NonFiniteLoss
 from studies.measure import fit_and_measure
 from studies.pipeline import Prepared
+from studies.search_policy import best_feasible, make_pruner, make_sampler, min_speedup, record_constraint
 from studies.tracking import flat_params, log_records, log_student
 from studies.workers import check_under_target
 from transfer.errors import KDError
@@ -32,9 +33,18 @@ from transfer.fingerprint import hash_json
 log = logging.getLogger(__name__)
 
 
-def study_setup(student: str, fixed: dict[str, Any], search_objectives: Sequence[str]) -> dict[str, Any]:
-    """What decides which configurations a study searches: part of its identity, beside the cache."""
-    return {"student": student, "fixed": fixed, "search_objectives": sorted(search_objectives)}
+def study_setup(
+    student: str, fixed: dict[str, Any], search_objectives: Sequence[str], required_speedup: float | None = None
+) -> dict[str, Any]:
+    """What decides which configurations a study searches: part of its identity, beside the cache.
+
+    A speed constraint changes which trial is best, so it is part of the identity too (only when
+    set, so that studies made before it existed keep their identity).
+    """
+    setup: dict[str, Any] = {"student": student, "fixed": fixed, "search_objectives": sorted(search_objectives)}
+    if required_speedup:
+        setup["min_speedup"] = float(required_speedup)
+    return setup
 
 
 def setup_hash(setup: dict[str, Any]) -> str:
@@ -62,18 +72,13 @@ def open_study(
     teacher_key: str = "",
 ) -> optuna.Study:
     """Create or resume the study; refuse one whose cache or set-up differs (its trials would not compare)."""
-    sampler: optuna.samplers.BaseSampler = (
-        optuna.samplers.RandomSampler(seed=int(cfg.seed))
-        if cfg.study.sampler == "random"
-        else optuna.samplers.TPESampler(seed=int(cfg.seed), n_startup_trials=4)
-    )
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.NopPruner()
-        if cfg.study.pruner == "none"
-        else optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    )
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg),
+        load_if_exists=True,
     )
     recorded = _record_once(study, "cache_key", cache_key)
     if recorded != cache_key:
@@ -103,12 +108,14 @@ def _describe_setup(setup: Any) -> str:
         return repr(setup)
     fixed = ", ".join(f"{k}={v}" for k, v in sorted((setup.get("fixed") or {}).items())) or "none"
     extras = ",".join(setup.get("search_objectives") or []) or "none"
-    return f"student={setup.get('student')}, fixed hyper-parameters: {fixed}, search_objectives: {extras}"
+    speed = f", min_speedup: {setup['min_speedup']:g}" if setup.get("min_speedup") else ""
+    return f"student={setup.get('student')}, fixed hyper-parameters: {fixed}, search_objectives: {extras}{speed}"
 
 
 def best_value(study: optuna.Study) -> float | None:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max((t.value for t in complete if t.value is not None), default=None)
+    """The best feasible complete trial's value so far (None before any)."""
+    best = best_feasible(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return best.value if best else None
 
 
 def pruning_reporter(trial: optuna.Trial, metric: str, prunable: bool) -> Callable[[int, float], None]:
@@ -163,6 +170,7 @@ def make_objective(
     student_cls: type[Student] = get_student_class(student_name)
     metric = prep.metric
     extras = tuple(prep.cfg.study.get("search_objectives") or ())
+    required_speedup = min_speedup(prep.cfg)
 
     def objective(trial: optuna.Trial) -> float:
         check_under_target(trial, target)
@@ -192,9 +200,12 @@ def make_objective(
             for key in ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement"):
                 trial.set_user_attr(key, metrics[key])
             trial.set_user_attr(prep.report_metric, metrics[prep.report_metric])
+            record_constraint(trial, metrics["latency_ratio_teacher"], required_speedup)
             previous = best_value(trial.study)
-            if prep.cfg.tracking.log_models == "best" and (previous is None or metrics[metric] > previous):
-                log_student(measured.student, "student")
+            fast_enough = required_speedup is None or metrics["latency_ratio_teacher"] >= required_speedup
+            better = previous is None or metrics[metric] > previous
+            if prep.cfg.tracking.log_models == "best" and fast_enough and better:
+                log_student(measured.student, "student", prep.cache.label_names, prep.task.dev.texts[:2])
             return metrics[metric]
 
     return objective

@@ -167,12 +167,24 @@ def log_records(records: Sequence[FitRecord]) -> None:
                     mlflow.log_metric(name, value, step=step)
 
 
-def log_student(student: Student, artifact_path: str = "student") -> None:
-    """Save a fitted student into the active run under ``artifact_path`` and tag the run ``has_model``."""
+def log_student(
+    student: Student, artifact_path: str = "student", labels: Sequence[str] | None = None, example: Sequence[str] = ()
+) -> None:
+    """Save a fitted student into the active run under ``artifact_path`` and tag the run ``has_model``.
+
+    With ``labels`` (the task's label names) it is also logged as an MLflow Model (``runs:/<run>/model``,
+    python_function flavour: raw text in, label and probabilities out; ``example``: input example texts).
+    """
     import tempfile
 
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifacts(str(student.save(Path(tmp) / "student")), artifact_path)
+        saved = student.save(Path(tmp) / "student")
+        mlflow.log_artifacts(str(saved), artifact_path)
+        if labels is not None:
+            from studies.models import log_text_model
+
+            log_text_model(saved, labels, example)
+            mlflow.set_tag("has_pyfunc", "true")
     mlflow.set_tag("has_model", "true")

@@ -66,6 +66,12 @@ def _seeds(value: Any) -> str | None:
     return "expected a count ≥ 1 or a list of distinct integer seeds"
 
 
+def _model_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}", value)):
+        return None
+    return "expected null or a registered-model name (letters, digits, '_', '.', '-')"
+
+
 def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "expected true or false"
 
@@ -78,13 +84,20 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "transfer.train_limit": _int_at_least(1, optional=True),
     "transfer.label_batch_size": _int_at_least(1),
     "transfer.augment.n": _int_at_least(0),
+    "transfer.derivatives": _bool,
     "study.n_trials": _int_at_least(1),
     "study.timeout": _positive_number(optional=True),
     "study.sampler": _one_of("tpe", "random"),
-    "study.pruner": _one_of("median", "none"),
+    "study.pruner": _one_of("median", "hyperband", "none"),
+    "study.enqueue_defaults": _bool,
+    "study.min_speedup": _positive_number(optional=True),
     "study.heartbeat_interval": _int_at_least(1),
     "tracking.log_models": _one_of("best", "none"),
     "tracking.latency_samples": _int_at_least(1),
+    "tracking.register": _model_name,
+    "deploy.export": _one_of("int8", "folded"),
+    "deploy.vocab": _one_of("all", "transfer"),
+    "deploy.dtype": _one_of("float32", "float16"),
     "teacher.epochs": _positive_number(),
     "teacher.lr": _positive_number(),
     "teacher.batch_size": _int_at_least(1),
@@ -112,6 +125,16 @@ def check_settings(cfg: DictConfig) -> list[str]:
     if unknown:
         known = ", ".join(EXTRA_TERMS)
         problems.append(f"study.search_objectives: unknown term(s) {', '.join(unknown)}; known: {known}")
+    if "derivative" in extras and not cfg.transfer.get("derivatives", False):
+        problems.append(
+            "study.search_objectives contains derivative, which needs the teacher's input derivatives in the cache: "
+            "add transfer.derivatives=true"
+        )
+    sparsities = cfg.get("compare", {}).get("sparsities") or []
+    if not isinstance(sparsities, list | tuple) and not OmegaConf.is_list(sparsities):
+        problems.append(f"compare.sparsities={sparsities!r}: expected a list of numbers in (0, 1)")
+    elif any(not _is_number(v) or not 0 < v < 1 for v in sparsities):
+        problems.append(f"compare.sparsities={list(sparsities)!r}: expected numbers in (0, 1)")
     return problems
 
 
@@ -131,5 +154,17 @@ def validate(cfg: DictConfig, fixed: dict[str, Any] | None = None) -> None:
     problems = check_settings(cfg)
     if fixed is not None:
         problems += check_student(cfg, fixed)
+        sparsity = fixed.get("sparsity")
+        if sparsity is not None and (not _is_number(sparsity) or not 0 <= sparsity < 1):
+            problems.append(f"student.hparams.sparsity={sparsity!r}: expected a number in [0, 1)")
+        structure = fixed.get("prune_structure")
+        if structure is not None and structure not in ("structured", "unstructured"):
+            problems.append(f"student.hparams.prune_structure={structure!r}: expected structured or unstructured")
+        weight = fixed.get("derivative_weight")
+        if _is_number(weight) and weight > 0 and not cfg.transfer.get("derivatives", False):
+            problems.append(
+                "student.hparams.derivative_weight > 0 needs the teacher's input derivatives in the cache: "
+                "add transfer.derivatives=true"
+            )
     if problems:
         raise KDError("bad settings:\n  " + "\n  ".join(problems))

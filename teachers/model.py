@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from transfer.batching import length_sorted_batches
+from transfer.derivatives import FORM, gradient_times_input, vocabulary_hash
 from transfer.fingerprint import hash_dir
 
 TRAINING_RECORD = "kd_teacher.json"  # how the teacher was made; not part of its fingerprint
@@ -73,6 +74,33 @@ class Teacher:
         out = self.model(**enc, output_hidden_states=True)
         pooled = torch.stack([mean_pool(h, enc["attention_mask"]) for h in out.hidden_states], dim=1)
         return out.logits.float().cpu().numpy(), pooled.float().cpu().numpy()
+
+    def label_batch_with_derivatives(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``label_batch`` plus gradient × input of every logit w.r.t. the word embeddings, [B, T, C], in one pass.
+
+        One forward with gradients, then one backward per class (``transfer.derivatives``);
+        the logits and activations are those of that same forward.
+        """
+        enc = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        ).to(self.device)
+        with torch.enable_grad():
+            inputs = self.model.get_input_embeddings()(enc["input_ids"]).detach().requires_grad_(True)
+            rest = {k: v for k, v in enc.items() if k != "input_ids"}
+            out = self.model(inputs_embeds=inputs, **rest, output_hidden_states=True)
+            derivatives = gradient_times_input(out.logits, inputs).detach()
+        mask = enc["attention_mask"]
+        pooled = torch.stack([mean_pool(h.detach(), mask) for h in out.hidden_states], dim=1)
+        derivatives = derivatives * mask.unsqueeze(-1).to(derivatives.dtype)  # exactly 0 past a text's end
+        return (
+            out.logits.detach().float().cpu().numpy(),
+            pooled.float().cpu().numpy(),
+            derivatives.float().cpu().numpy(),
+        )
+
+    def derivative_info(self) -> dict[str, object]:
+        """What a student needs to align with the cached derivatives: their form, width and the vocabulary."""
+        return {"form": FORM, "max_length": self.max_length, "vocabulary": vocabulary_hash(self.tokenizer)}
 
     def write_assets(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,29 @@ def test_no_study_says_which_command_to_run(compared: Compared, monkeypatch: pyt
     with pytest.raises(KDError, match=r"python -m studies\.run task=sst2 student=bilstm"):
         compare(compose(empty))
     assert main([*empty]) == 2
+
+
+def test_pruned_variants_show_score_against_sparsity_and_latency(compared: Compared) -> None:
+    """compare.sparsities retrains the best config structurally pruned; rows, plot and MLflow metrics show it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(compared.root)
+        result = compare(compose([*compared.overrides, "compare.sparsities=[0.5]"]))
+    rows = {row["model"]: row for row in result.rows}
+    assert set(rows) == {"teacher (tiny)", "bilstm", "bilstm-pruned50"}
+    dense, pruned = rows["bilstm"], rows["bilstm-pruned50"]
+    assert dense["sparsity"].mean == 0.0 and pruned["sparsity"].mean > 0.2
+    assert pruned["params_non_embedding"].mean < dense["params_non_embedding"].mean
+    assert math.isfinite(pruned["latency_ms_b1"].mean) and "| sparsity |" in result.markdown
+    assert result.files["sparsity_png"].stat().st_size > 0
+    run = MlflowClient(tracking_uri=f"sqlite:///{compared.root / 'mlflow.db'}").get_run(result.run_id)
+    assert run.data.metrics["bilstm-pruned50.sparsity"] > 0.2
+    assert "bilstm-pruned50.latency_ms_b1" in run.data.metrics
+
+
+def test_seed_runs_are_mlflow_models(compared: Compared) -> None:
+    """Every retrained seed keeps its student as an MLflow Model (python_function), as a study's best does."""
+    runs = _runs(compared.root, "seed_run")
+    assert runs and all(r.data.tags.get("has_pyfunc") == "true" for r in runs)
+    mlflow.set_tracking_uri(f"sqlite:///{compared.root / 'mlflow.db'}")
+    frame = mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model").predict(["the film was great"])
+    assert list(frame.columns) == ["label", "p_negative", "p_positive"]

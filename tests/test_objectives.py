@@ -296,7 +296,8 @@ def test_suggest_objective_default_unchanged_and_extras() -> None:
     assert set(sample(suggest_objective)) == {"kd_weight", "temperature", "mse_weight", "ce_weight"}
     params = sample(lambda t: suggest_objective(t, extras=EXTRA_TERMS))
     expected = {"hidden_weight", "hidden_loss", "nst_weight", "ab_weight", "noise_prob", "noise_scale"}
-    assert expected <= set(params)
+    assert expected | {"derivative_weight", "sparsity", "prune_structure"} <= set(params)
+    params.pop("derivative_weight")  # needs embedded inputs and teacher derivatives: tests/test_derivatives.py
     cfg = ObjectiveConfig.from_mapping(params)
     obj = DistillationObjective(cfg, student_dim=4, teacher_dim=H)
     loss, _ = obj(output(torch.randn(B, C), torch.randn(B, 4)), teacher_batch())

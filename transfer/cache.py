@@ -7,6 +7,8 @@ Layout of one cache (a directory named by its key)::
     train_labels.npy         int64 gold labels, -1 where a text has none (augmented / extra)
     train_logits.npy         float16 [N, C] teacher logits
     train_activations.npy    float16 [N, L, H] per-layer pooled hidden states (may be absent)
+    train_derivatives.npy    float16 [N, T, C] gradient × input of each logit per teacher token (only in caches
+                             built with derivatives=True; see transfer/derivatives.py)
     dev_*                    the same for the dev split (early stopping, pruning, the best trial)
     test_*                   the same for the test split (reported only: the teacher's test score, agreement)
     assets/                  what students need from the labeler (tokenizer/, embeddings.npy, teacher_model/)
@@ -27,7 +29,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +39,7 @@ from filelock import FileLock
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from transfer.derivatives import FORM as DERIVATIVE_FORM
 from transfer.errors import KDError
 from transfer.fingerprint import hash_file, hash_json, hash_texts
 
@@ -69,6 +72,10 @@ class Labeler(Protocol):
     def write_assets(self, directory: Path) -> None:
         """Store what students need from the labeler (tokenizer, embedding matrix) under ``directory``."""
         ...
+
+    # Optional, for caches with derivatives (``derivatives=True``):
+    #   label_batch_with_derivatives(texts) -> (logits, activations | None, derivatives [B, T, C])
+    #   derivative_info() -> {"form", "max_length", "vocabulary"}
 
 
 @dataclass
@@ -124,14 +131,18 @@ class TransferSet:
         )
 
 
-def cache_key(labeler_fingerprint: str, transfer: TransferSet) -> str:
-    return hash_json({"format": FORMAT_VERSION, "labeler": labeler_fingerprint, "data": transfer.fingerprint()})
+def cache_key(labeler_fingerprint: str, transfer: TransferSet, derivatives: bool = False) -> str:
+    """Without derivatives the key is what it always was (existing caches stay valid); with them it says their form."""
+    parts: dict[str, Any] = {"format": FORMAT_VERSION, "labeler": labeler_fingerprint, "data": transfer.fingerprint()}
+    if derivatives:
+        parts["derivatives"] = DERIVATIVE_FORM
+    return hash_json(parts)
 
 
 class TransferCache:
     """Read side of a complete cache. Arrays are memory-mapped; nothing is loaded until touched."""
 
-    ARRAYS = ("labels", "logits", "activations")
+    ARRAYS = ("labels", "logits", "activations", "derivatives")
 
     def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)
@@ -184,6 +195,24 @@ class TransferCache:
     @property
     def activations(self) -> np.ndarray | None:
         return self._array("train_activations")
+
+    @property
+    def derivatives(self) -> np.ndarray | None:
+        """Teacher input derivatives, float16 [N, T, C] (``transfer.derivatives``), or None when not cached."""
+        return self._array("train_derivatives")
+
+    @property
+    def dev_derivatives(self) -> np.ndarray | None:
+        return self._array("dev_derivatives")
+
+    @property
+    def test_derivatives(self) -> np.ndarray | None:
+        return self._array("test_derivatives")
+
+    @property
+    def derivative_info(self) -> dict[str, Any] | None:
+        """Form, width (the teacher's max_length) and vocabulary hash of the cached derivatives."""
+        return self.manifest.get("derivatives")
 
     @property
     def dev_labels(self) -> np.ndarray:
@@ -254,8 +283,36 @@ def directory_checksums(directory: Path) -> dict[str, str]:
     return {p.relative_to(directory).as_posix(): hash_file(p) for p in files}
 
 
+LabelFn = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+def _outputs(labeler: Labeler, derivatives: bool, only_derivatives: bool = False) -> LabelFn:
+    """What one batch yields, by array name: logits (+ activations) (+ derivatives padded to the teacher's width)."""
+    if not derivatives:
+
+        def plain(batch: list[str]) -> dict[str, np.ndarray]:
+            logits, acts = labeler.label_batch(batch)
+            return {"logits": logits} | ({"activations": acts} if acts is not None else {})
+
+        return plain
+    label = getattr(labeler, "label_batch_with_derivatives", None)
+    if label is None:
+        raise KDError(f"{type(labeler).__name__} cannot compute input derivatives (no label_batch_with_derivatives)")
+    width = int(labeler.derivative_info()["max_length"])  # type: ignore[attr-defined]
+
+    def with_derivatives(batch: list[str]) -> dict[str, np.ndarray]:
+        logits, acts, derivs = label(batch)
+        padded = np.zeros((len(batch), width, derivs.shape[-1]), dtype=np.float32)
+        padded[:, : derivs.shape[1]] = derivs[:, :width]
+        if only_derivatives:  # extending a cache: its logits and activations are already there
+            return {"derivatives": padded}
+        return {"logits": logits, "derivatives": padded} | ({"activations": acts} if acts is not None else {})
+
+    return with_derivatives
+
+
 def _label_split(
-    labeler: Labeler, texts: Sequence[str], work: Path, prefix: str, batch_size: int, sort_by_length: bool
+    label: LabelFn, lengths: np.ndarray, texts: Sequence[str], work: Path, prefix: str, batch_size: int, sort: bool
 ) -> list[str]:
     """Label ``texts`` in length-sorted batches, one resumable chunk file at a time.
 
@@ -266,55 +323,45 @@ def _label_split(
     n = len(texts)
     if n == 0:
         raise KDError(f"cannot label an empty {prefix} split")
-    order = np.argsort(labeler.text_lengths(texts), kind="stable") if sort_by_length else np.arange(n)
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(n)
     size = chunk_size()
     chunks = [order[i : i + size] for i in range(0, n, size)]
-    logits: np.ndarray | None = None
-    acts: np.ndarray | None = None
+    arrays: dict[str, np.ndarray] = {}
+    needed: set[str] | None = None  # the arrays a chunk must hold (known after the first batch)
     bar = tqdm(total=n, desc=f"labelling {prefix}", unit="text", leave=False)
     for c, idx in enumerate(chunks):
         chunk_file = work / f"{prefix}_chunk{c:05d}.npz"
-        reused = _load_chunk(chunk_file, idx)
-        if reused is not None:
-            c_logits, c_acts = reused
+        got = _load_chunk(chunk_file, idx, needed)
+        if got is not None:
             bar.update(len(idx))
         else:
-            parts_l, parts_a = [], []
+            parts: dict[str, list[np.ndarray]] = {}
             for b in range(0, len(idx), batch_size):
                 batch = [texts[i] for i in idx[b : b + batch_size]]
-                lg, ac = labeler.label_batch(batch)
+                for name, values in label(batch).items():
+                    parts.setdefault(name, []).append(np.asarray(values, dtype=np.float32))
                 STATS.batches += 1
                 STATS.examples += len(batch)
-                parts_l.append(np.asarray(lg, dtype=np.float32))
-                if ac is not None:
-                    parts_a.append(np.asarray(ac, dtype=np.float32))
                 bar.update(len(batch))
-            c_logits = np.concatenate(parts_l).astype(np.float16)
-            c_acts = np.concatenate(parts_a).astype(np.float16) if parts_a else None
+            got = {name: np.concatenate(values).astype(np.float16) for name, values in parts.items()}
             tmp = chunk_file.with_suffix(".tmp.npz")
-            arrays = {"index": idx, "logits": c_logits} | ({"activations": c_acts} if c_acts is not None else {})
-            np.savez(tmp, **arrays)
+            np.savez(tmp, index=idx, **got)
             os.replace(tmp, chunk_file)
-        if logits is None:
-            logits = open_memmap(work / f"{prefix}_logits.npy", "w+", np.float16, (n, c_logits.shape[1]))
-            if c_acts is not None:
-                acts = open_memmap(work / f"{prefix}_activations.npy", "w+", np.float16, (n, *c_acts.shape[1:]))
-        logits[idx] = c_logits
-        if acts is not None and c_acts is not None:
-            acts[idx] = c_acts
+        needed = set(got)
+        for name, values in got.items():
+            if name not in arrays:
+                arrays[name] = open_memmap(work / f"{prefix}_{name}.npy", "w+", np.float16, (n, *values.shape[1:]))
+            arrays[name][idx] = values
     bar.close()
-    names = [f"{prefix}_logits"]
-    for array in (logits, acts):
-        if array is not None:
-            array.flush()
-    if acts is not None:
-        names.append(f"{prefix}_activations")
-    del logits, acts
+    for array in arrays.values():
+        array.flush()
+    names = [f"{prefix}_{name}" for name in arrays]
+    del arrays
     return names
 
 
-def _load_chunk(chunk_file: Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """A chunk labelled by an earlier (killed) build, if it holds exactly the texts ``idx``.
+def _load_chunk(chunk_file: Path, idx: np.ndarray, needed: set[str] | None) -> dict[str, np.ndarray] | None:
+    """A chunk labelled by an earlier (killed) build, if it holds exactly the texts ``idx`` (and ``needed``).
 
     A resumed build may use another chunk size or ordering (``sort_by_length``), so a chunk is
     reused only when its recorded text indices match; an unreadable chunk is labelled again.
@@ -326,21 +373,46 @@ def _load_chunk(chunk_file: Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
             if "index" not in data.files or not np.array_equal(data["index"], idx):
                 log.info("chunk %s covers other texts (chunk size or order changed); relabelling it", chunk_file.name)
                 return None
-            logits = data["logits"]
-            acts = data["activations"] if "activations" in data.files else None
+            got = {name: data[name] for name in data.files if name != "index"}
     except (OSError, ValueError, KeyError, EOFError) as err:
         log.warning("chunk %s is unreadable (%s); relabelling it", chunk_file, err)
         return None
-    if len(logits) != len(idx) or (acts is not None and len(acts) != len(idx)):
+    if not got or any(len(values) != len(idx) for values in got.values()):
         return None
-    return logits, acts
+    if needed is not None and set(got) != needed:
+        return None
+    return got
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of a complete cache but its manifest (cache files are never modified in place)."""
+    for file in src.rglob("*"):
+        if not file.is_file() or file.name == "manifest.json":
+            continue
+        target = dst / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copy2(file, target)
 
 
 def _write_cache(
-    labeler: Labeler, transfer: TransferSet, key: str, work: Path, batch_size: int, sort_by_length: bool
+    labeler: Labeler,
+    transfer: TransferSet,
+    key: str,
+    work: Path,
+    batch_size: int,
+    sort_by_length: bool,
+    derivatives: bool = False,
+    base: TransferCache | None = None,
 ) -> None:
+    """Label every split into ``work``; with ``base`` (same texts, same labeler) only the derivatives are computed."""
     log.info(
-        "labelling %d texts for transfer cache %s (pid %d)",
+        "%s %d texts for transfer cache %s (pid %d)",
+        "adding input derivatives to" if base is not None else "labelling",
         sum(len(texts) for _, texts, _ in transfer.splits()),
         key,
         os.getpid(),
@@ -348,14 +420,20 @@ def _write_cache(
     STATS.passes += 1
     STATS.builds.append(key)
     names: list[str] = []
+    if base is not None:
+        _link_tree(base.path, work)
+        names += [name for name in base.manifest["shapes"] if not name.endswith("_derivatives")]
+    label = _outputs(labeler, derivatives, only_derivatives=base is not None)
     for prefix, texts, labels in transfer.splits():
-        names += _label_split(labeler, texts, work, prefix, batch_size, sort_by_length)
-        np.save(work / f"{prefix}_labels.npy", np.asarray(labels, dtype=np.int64))
-        names.append(f"{prefix}_labels")
-        (work / f"{prefix}_texts.json").write_text(json.dumps(list(texts)))
+        names += _label_split(label, labeler.text_lengths(texts), texts, work, prefix, batch_size, sort_by_length)
+        if base is None:
+            np.save(work / f"{prefix}_labels.npy", np.asarray(labels, dtype=np.int64))
+            names.append(f"{prefix}_labels")
+            (work / f"{prefix}_texts.json").write_text(json.dumps(list(texts)))
     for chunk in work.glob("*_chunk*.npz"):  # every split is labelled: the resume points are spent
         chunk.unlink()
-    labeler.write_assets(work / "assets")
+    if base is None:
+        labeler.write_assets(work / "assets")
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r") for name in names}
     checksums = directory_checksums(work)
     manifest = {
@@ -373,8 +451,22 @@ def _write_cache(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sorted_batches": sort_by_length,
     }
+    if derivatives:
+        info = dict(labeler.derivative_info())  # type: ignore[attr-defined]
+        manifest["derivatives"] = info | {"extended_from": base.key if base is not None else None}
     del arrays
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _complete(path: Path) -> TransferCache | None:
+    """The complete, intact cache at ``path``, or None."""
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return TransferCache(path)
+    except CacheCorrupted as err:
+        log.warning("%s; not extending it", err)
+        return None
 
 
 def get_or_build_cache(
@@ -384,15 +476,19 @@ def get_or_build_cache(
     batch_size: int = 128,
     sort_by_length: bool = True,
     lock_timeout: float = -1,
+    derivatives: bool = False,
 ) -> TransferCache:
     """Return the cache for (labeler, transfer set), labelling only if no complete one exists.
 
     Safe to call from many processes at once (one labels, the others wait on the lock), and
     after a crash (the partial chunks are reused; a corrupted cache is moved aside and rebuilt).
+    ``derivatives``: the cache also holds the labeler's input derivatives (``transfer.derivatives``);
+    when the same cache without them exists, it is extended (its files linked, only the
+    derivatives computed) instead of labelled again.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(labeler.fingerprint, transfer)
+    key = cache_key(labeler.fingerprint, transfer, derivatives)
     final = root / key
     if (final / "manifest.json").is_file():
         try:
@@ -414,6 +510,7 @@ def get_or_build_cache(
         resumed = len(list(work.glob("*_chunk*.npz")))
         if resumed:
             log.info("resuming cache %s from %d labelled chunks", key, resumed)
-        _write_cache(labeler, transfer, key, work, batch_size, sort_by_length)
+        base = _complete(root / cache_key(labeler.fingerprint, transfer)) if derivatives else None
+        _write_cache(labeler, transfer, key, work, batch_size, sort_by_length, derivatives, base)
         os.replace(work, final)
     return TransferCache(final)

@@ -1,0 +1,367 @@
+"""The results table: every student on every task, on test, against the teacher measured beside it.
+
+    python -m benchmarks.bench_tasks                                   # all four tasks, the default budget
+    python -m benchmarks.bench_tasks --tasks trec,sara --trials 6      # a part of it
+    python -m benchmarks.bench_tasks --tasks sst2 -- teacher.epochs=1  # Hydra overrides after "--"
+
+For each task: one Optuna study per student type (``studies.run``: chosen on dev, successive
+halving over epochs, the student's known-good defaults as the first trial), then
+``studies.compare`` retrains each best configuration on fresh seeds and measures it on test
+beside the teacher. Everything lands in the usual stores (``mlruns/``), so an interrupted run
+resumes where it stopped: studies top up, finished seed runs are reused, the teacher and its
+cache are never recomputed.
+
+Writes ``benchmarks/results/tasks.md`` and ``tasks.csv`` (the README includes the Markdown with
+``python -m benchmarks.readme``), a Pareto plot per task (PNG + HTML, also logged to MLflow by
+the comparison run), and the wall time each task took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import REPO
+from studies.report import Stat
+
+OUT_DIR = REPO / "benchmarks" / "results"
+TASKS = ("sst2", "cola", "trec", "sara")
+STUDENTS = ("bilstm", "cnn", "bert", "lgbm", "forest", "tree", "chain")
+NEURAL = {"bilstm", "cnn", "bert", "chain"}
+TRANSFORMERS = {"bert", "chain"}  # the chain's first link is a small BERT
+TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
+
+
+@dataclass
+class Row:
+    """One model on one task: what the table and the CSV show."""
+
+    task: str
+    model: str
+    metric: str
+    score: Stat
+    pct: Stat
+    agreement: Stat
+    params_total: float
+    params_non_embedding: float
+    speedup_b1: float
+    train_seconds: float
+
+
+@dataclass
+class TaskResult:
+    task: str
+    rows: list[Row]
+    missing: dict[str, str]
+    minutes: float
+    teacher_record: dict[str, Any]
+    pareto: dict[str, Path]
+
+
+def _stat(cell: Any) -> Stat:
+    return cell if isinstance(cell, Stat) else Stat(float(cell), None, 1)
+
+
+def _mean(cell: Any) -> float:
+    return _stat(cell).mean if cell is not None else float("nan")
+
+
+def run_task(
+    task: str, students: Sequence[str], args: argparse.Namespace, extra: Sequence[str], out_dir: Path
+) -> TaskResult:
+    """Study every student on ``task`` (topping up), then compare their best configurations on fresh seeds."""
+    from studies.compare import compare
+    from studies.config import compose
+    from studies.run import describe, run_study
+
+    started = time.perf_counter()
+    common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false", *extra]
+    if args.transfer_size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
+        common.append(f"transfer.augment.n={args.transfer_size - 1}")
+    teacher_choice = ""
+    if args.teacher_lrs:
+        lr, teacher_choice = pick_teacher_lr(common, [float(x) for x in args.teacher_lrs.split(",")])
+        common.append(f"teacher.lr={lr}")
+    for student in students:
+        overrides = [*common, f"student={student}", f"study.n_trials={args.trials}"]
+        if args.epochs and student in NEURAL:
+            overrides.append(f"student.hparams.epochs={args.epochs}")
+        if args.min_speedup and student == "bilstm":
+            overrides.append(f"study.min_speedup={args.min_speedup}")
+        print(f"[{task}] study of {student}: {args.trials} trials", flush=True)
+        result = run_study(compose(overrides))
+        print(describe(result).splitlines()[1], flush=True)
+    listing = "[" + ",".join(students) + "]"
+    comparison = compare(
+        compose([*common, f"compare.students={listing}", f"compare.seeds={args.seeds}"]), overrides=common
+    )
+    rows = [
+        Row(
+            task=task,
+            model=str(row["model"]),
+            metric=comparison.metric,
+            score=_stat(row[comparison.metric]),
+            pct=_stat(row["pct_of_teacher"]),
+            agreement=_stat(row["test_agreement"]),
+            params_total=_mean(row["params_total"]),
+            params_non_embedding=_mean(row["params_non_embedding"]),
+            speedup_b1=_mean(row["speedup_b1"]),
+            train_seconds=_mean(row.get("train_seconds")),
+        )
+        for row in comparison.rows
+    ]
+    pareto = {}
+    for kind in ("png", "html"):
+        target = out_dir / f"pareto_{task}.{kind}"
+        shutil.copyfile(comparison.files[kind], target)
+        pareto[kind] = target
+    from studies.pipeline import prepare
+
+    record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
+    record["lr_choice"] = teacher_choice
+    return TaskResult(task, rows, comparison.missing, (time.perf_counter() - started) / 60, record, pareto)
+
+
+def pick_teacher_lr(common: Sequence[str], lrs: Sequence[float]) -> tuple[float, str]:
+    """Fine-tune one teacher per learning rate (each cached) and keep the best on dev; says what it saw."""
+    from studies.config import compose
+    from studies.pipeline import prepare
+
+    seen = {}
+    for lr in lrs:
+        prep = prepare(compose([*common, f"teacher.lr={lr}"]))
+        seen[lr] = prep.teacher_metrics[prep.metric]
+    best = max(seen, key=seen.__getitem__)
+    return best, ", ".join(f"lr {lr:g}: dev {score:.4f}" for lr, score in seen.items())
+
+
+def _cell(stat: Stat, fmt: str) -> str:
+    if stat.mean is None or math.isnan(stat.mean):
+        return "–"
+    text = format(stat.mean, fmt)
+    return text + (f" ± {format(stat.sd, fmt)}" if stat.sd is not None and stat.n > 1 else "")
+
+
+def _model_key(model: str) -> str:
+    return "teacher" if model.startswith("teacher") else model
+
+
+def score_table(results: Sequence[TaskResult]) -> str:
+    """Rows: the teacher then each student; per task: test score (mean ± sd), % of the teacher, agreement."""
+    order = ["teacher", *STUDENTS]
+    head = ["model"]
+    for r in results:
+        label = TASK_LABELS.get(r.task, r.task)
+        metric = r.rows[0].metric if r.rows else "test"
+        head += [f"{label} {metric}", f"{label} % of teacher", f"{label} agreement"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in order:
+        cells = [model]
+        found = False
+        for r in results:
+            row = next((x for x in r.rows if _model_key(x.model) == model), None)
+            if row is None:
+                cells += ["–", "–", "–"]
+                continue
+            found = True
+            cells += [_cell(row.score, ".4f"), _cell(row.pct, ".1f"), _cell(row.agreement, ".3f")]
+        if found:
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(results: Sequence[TaskResult]) -> str:
+    """Per task and model: parameters, batch-1 speed-up over the teacher (side by side), training time."""
+    lines = [
+        "| task | model | params | params non-emb. | speed-up b1 | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r.rows:
+            lines.append(
+                f"| {TASK_LABELS.get(r.task, r.task)} | {_model_key(row.model)} | {row.params_total:,.0f} | "
+                f"{row.params_non_embedding:,.0f} | {row.speedup_b1:.3g}× | "
+                + ("–" if math.isnan(row.train_seconds) else f"{row.train_seconds:,.0f}")
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def _find(result: TaskResult, model: str) -> Row | None:
+    return next((x for x in result.rows if _model_key(x.model) == model), None)
+
+
+def targets(results: Sequence[TaskResult]) -> list[str]:
+    """Each target of the results-table issue, measured: met or missed, with the figure."""
+    by_task = {r.task: r for r in results}
+    lines: list[str] = []
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    sst2 = by_task.get("sst2")
+    if sst2:
+        teacher = _find(sst2, "teacher")
+        if teacher:
+            lines.append(
+                f"- SST-2 teacher ≥ 90 % test accuracy: {teacher.score.mean:.4f} → {verdict(teacher.score.mean >= 0.9)}"
+            )
+        for model, share, extra in (
+            ("bilstm", 97, "speed"),
+            ("cnn", 97, None),
+            ("bert", 99, "params"),
+            ("lgbm", 92, None),
+        ):
+            row = _find(sst2, model)
+            if row is None:
+                lines.append(f"- SST-2 {model} ≥ {share} %: not measured")
+                continue
+            ok = row.pct.mean >= share
+            text = f"- SST-2 {model} ≥ {share} % of the teacher: {row.pct.mean:.1f} %"
+            if extra == "speed":
+                ok = ok and row.speedup_b1 >= 10
+                text += f" at {row.speedup_b1:.1f}× (≥ 10× needed)"
+            if extra == "params" and teacher:
+                ok = ok and row.params_non_embedding <= teacher.params_non_embedding / 4
+                text += (
+                    f" with {row.params_non_embedding / teacher.params_non_embedding:.2f} of its non-embedding params"
+                )
+            lines.append(f"{text} → {verdict(ok)}")
+    cola = by_task.get("cola")
+    if cola:
+        best = max((r for r in cola.rows if _model_key(r.model) != "teacher"), key=lambda r: r.pct.mean, default=None)
+        if best:
+            lines.append(
+                f"- CoLA best student ≥ 80 % of the teacher's MCC: {best.model} {best.pct.mean:.1f} % → "
+                f"{verdict(best.pct.mean >= 80)}"
+            )
+    for task in ("trec", "sara"):
+        result = by_task.get(task)
+        if not result:
+            continue
+        candidates = [r for r in result.rows if _model_key(r.model) not in {"teacher", *TRANSFORMERS}]
+        best = max(candidates, key=lambda r: r.pct.mean, default=None)
+        if best:
+            lines.append(
+                f"- {TASK_LABELS[task]} best non-transformer student ≥ 97 %: {best.model} {best.pct.mean:.1f} % → "
+                f"{verdict(best.pct.mean >= 97)}"
+            )
+    return lines
+
+
+def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Sequence[str]) -> str:
+    command = "python -m benchmarks.bench_tasks " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    budget = (
+        f"{args.trials} trials per student (pruner {args.pruner}, the student's defaults first), "
+        f"{args.seeds} fresh seeds per best configuration"
+        + (f", neural students fixed to {args.epochs} epochs" if args.epochs else "")
+        + (f", transfer set {args.transfer_size}× the training sentences" if args.transfer_size > 1 else "")
+        + (f", extra overrides `{' '.join(extra)}`" if extra else "")
+    )
+    lines = [
+        f"Budget: {budget}. Test split; every choice made on dev. Cells: mean ± sd over seeds.",
+        "",
+        score_table(results),
+        "",
+        cost_table(results),
+        "",
+        "Wall time per task (studies + seed retrains on this machine; reruns reuse what is stored): "
+        + ", ".join(f"{TASK_LABELS.get(r.task, r.task)} {r.minutes:.0f} min" for r in results)
+        + ".",
+        "",
+        "Teacher recipe per task (epoch chosen on dev): "
+        + "; ".join(
+            f"{TASK_LABELS.get(r.task, r.task)} epoch {r.teacher_record.get('chosen_epoch')} of "
+            f"{r.teacher_record.get('finetune', {}).get('epochs')}, lr {r.teacher_record.get('finetune', {}).get('lr')}"
+            + (f" (picked on dev: {r.teacher_record['lr_choice']})" if r.teacher_record.get("lr_choice") else "")
+            for r in results
+        )
+        + ".",
+        "",
+        "Targets:",
+        "",
+        *targets(results),
+    ]
+    missing = [f"- {r.task}: {k} ({v})" for r in results for k, v in sorted(r.missing.items())]
+    if missing:
+        lines += ["", "Not compared:", "", *missing]
+    if command:
+        lines += ["", f"Made by `{command}`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: Sequence[TaskResult], path: Path) -> Path:
+    fields = ["task", "model", "metric", "score_mean", "score_sd", "n_seeds", "pct_of_teacher", "agreement"]
+    fields += ["params_total", "params_non_embedding", "speedup_b1", "train_seconds"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for r in results:
+            for row in r.rows:
+                writer.writerow(
+                    [
+                        r.task,
+                        _model_key(row.model),
+                        row.metric,
+                        row.score.mean,
+                        row.score.sd,
+                        row.score.n,
+                        row.pct.mean,
+                        row.agreement.mean,
+                        row.params_total,
+                        row.params_non_embedding,
+                        row.speedup_b1,
+                        row.train_seconds,
+                    ]
+                )
+    return path
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    extra: list[str] = []
+    if "--" in argv:
+        cut = list(argv).index("--")
+        argv, extra = list(argv[:cut]), list(argv[cut + 1 :])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    parser.add_argument("--students", default=",".join(STUDENTS), help="comma-separated student types")
+    parser.add_argument("--trials", type=int, default=6, help="Optuna trials per student and task")
+    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
+    parser.add_argument("--epochs", type=int, default=0, help="fix neural students' epochs (0 = searched)")
+    parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
+    parser.add_argument("--transfer-size", type=int, default=1, help="transfer set = K x the training sentences")
+    parser.add_argument("--teacher-lrs", default="", help="comma-separated teacher learning rates, best on dev kept")
+    parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
+    parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
+    return parser.parse_args(argv), extra
+
+
+def main(argv: Sequence[str]) -> list[TaskResult]:
+    from studies.cli import quiet_libraries
+
+    quiet_libraries()
+    args, extra = parse(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    students = [s for s in args.students.split(",") if s]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for task in tasks:
+        results.append(run_task(task, students, args, extra, out.parent))
+        out.write_text(render(results, args, extra), encoding="utf-8")  # after each task: nothing lost
+        write_csv(results, out.with_suffix(".csv"))
+    print(out.read_text(encoding="utf-8"))
+    print(f"written to {out} and {out.with_suffix('.csv')}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,98 @@
+"""How a study spends its trials: sampler, pruner, known-good first trials, and a speed constraint.
+
+A 2-core CPU cannot afford large random searches, so each trial has to count:
+
+- ``study.pruner=hyperband`` runs successive halving over epochs (Li et al. 2018): many
+  configurations get one epoch, the better third gets three, and so on, instead of every poor
+  configuration training to the end (``median`` prunes only against the median so far).
+- ``study.enqueue_defaults=true`` makes the first trial of a new study the student's defaults
+  (the literature's recipe), so TPE starts from a known-good point rather than from chance.
+- ``study.min_speedup=N`` makes "at least N× faster than the teacher at batch 1" a constraint
+  (Optuna's constrained TPE): the best trial is the best *feasible* one, so the search finds the
+  student that is both accurate and fast instead of the largest model in the space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from students.search_space import recorded_space
+
+CONSTRAINT_ATTR = "constraints"  # Optuna's constrained samplers read "≤ 0 is feasible" values from here
+
+
+def make_sampler(cfg: Any) -> optuna.samplers.BaseSampler:
+    """TPE (constrained when ``study.min_speedup`` is set) or random, seeded by the students' seed."""
+    seed = int(cfg.seed)
+    if cfg.study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    constraints = constraint_values if min_speedup(cfg) else None
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, constraints_func=constraints)
+
+
+def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:
+    """``median`` (default), ``hyperband`` (successive halving over epochs) or ``none``."""
+    kind = cfg.study.pruner
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "hyperband":
+        # steps are epochs (students report once per epoch); max_resource "auto" = the longest seen
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def min_speedup(cfg: Any) -> float | None:
+    value = cfg.study.get("min_speedup")
+    return float(value) if value else None
+
+
+def constraint_values(trial: FrozenTrial) -> Sequence[float]:
+    """Optuna's constraint callback: what the objective stored (a trial without one is infeasible)."""
+    return tuple(trial.user_attrs.get(CONSTRAINT_ATTR, (math.inf,)))
+
+
+def record_constraint(trial: optuna.Trial, speedup: float, required: float | None) -> None:
+    """Store ``required − speedup`` (≤ 0 = fast enough) for the sampler and for choosing the best trial."""
+    if required:
+        trial.set_user_attr(CONSTRAINT_ATTR, (required - speedup,))
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """True unless the trial recorded a violated constraint (studies without one: every trial)."""
+    return all(v <= 0 for v in trial.user_attrs.get(CONSTRAINT_ATTR, ()))
+
+
+def best_feasible(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The complete trial with the highest value among those meeting the constraint (first of equals)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def enqueue_defaults(study: optuna.Study, student_cls: Any, fixed: dict[str, Any], extras: Sequence[str]) -> bool:
+    """On a study with no trial yet, queue one with the student's defaults for every searched value in range.
+
+    Values outside the declared range (or not among the choices) are left to the sampler.
+    Returns whether a trial was queued.
+    """
+    if study.get_trials(deepcopy=False):
+        return False
+    defaults = student_cls.default_hparams()
+    params: dict[str, Any] = {}
+    for name, spec in recorded_space(student_cls, extras, fixed).items():
+        if name not in defaults:
+            continue
+        value = defaults[name]
+        if spec.kind == "categorical":
+            if value in spec.choices:
+                params[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high:
+            params[name] = value
+    if not params:
+        return False
+    study.enqueue_trial(params, user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
+    return True

@@ -1,0 +1,41 @@
+"""The results-table benchmark end to end on the tiny teacher, and the README's include blocks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from benchmarks import bench_tasks
+from benchmarks.readme import fill
+
+
+def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "results" / "tasks.md"
+    overrides = [o for o in tiny_overrides if not o.startswith("student.hparams.epochs")]
+    argv = ["--tasks", "sst2", "--students", "tree,bilstm", "--trials", "1", "--seeds", "2", "--epochs", "1"]
+    argv += ["--teacher-lrs", "0.001,0.01"]
+    results = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
+    text = out.read_text(encoding="utf-8")
+    rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
+    assert [r["model"] for r in rows] == ["teacher", "bilstm", "tree"]
+    assert all(r["n_seeds"] == "2" for r in rows[1:])
+    assert "| teacher |" in text and "| bilstm |" in text and "| tree |" in text
+    assert "SST-2 test_accuracy" in text and "Targets:" in text and "SST-2 bilstm ≥ 97 %" in text
+    assert (out.parent / "pareto_sst2.png").stat().st_size > 0 and (out.parent / "pareto_sst2.html").is_file()
+    assert results[0].minutes > 0
+    assert "picked on dev: lr 0.001: dev" in text  # the teacher recipe was chosen on dev, and says so
+    # a rerun trains nothing new: studies are full and the seed runs are reused
+    again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
+    assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
+
+
+def test_readme_blocks_are_filled_from_their_files(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "t.md").write_text("| a |\n|---|\n| 1 |\n", encoding="utf-8")
+    text = (
+        "intro\n<!-- include: r/t.md -->\nold figures\n<!-- end include -->\n"
+        "<!-- include: r/none.md -->\nx\n<!-- end include -->\n"
+    )
+    filled, missing = fill(text, tmp_path)
+    assert "| 1 |" in filled and "old figures" not in filled
+    assert missing == ["r/none.md"] and "x\n<!-- end include -->" in filled

@@ -1,0 +1,109 @@
+"""How a study spends its trials: known-good first trial, successive halving, and the speed constraint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from students.registry import get_student_class
+from studies import search_policy
+from studies.config import compose
+from studies.run import describe, run_study
+
+
+def _cfg(**study: object) -> object:
+    return OmegaConf.create({"seed": 0, "study": {"sampler": "tpe", "pruner": "median", **study}})
+
+
+def test_first_trial_of_a_new_study_is_the_students_defaults() -> None:
+    bilstm = get_student_class("bilstm")
+    study = optuna.create_study(direction="maximize")
+    assert search_policy.enqueue_defaults(study, bilstm, fixed={}, extras=())
+    trial = study.ask()
+    sampled = bilstm.search_space(trial, ())
+    defaults = bilstm.default_hparams()
+    queued = {k for k in trial.params if k in defaults}
+    assert queued, "no default value was inside the search space"
+    assert all(sampled[k] == defaults[k] for k in queued)
+    # a study that already has trials is never given another queued one
+    assert not search_policy.enqueue_defaults(study, bilstm, fixed={}, extras=())
+
+
+def test_hyperband_stops_poor_configurations_early() -> None:
+    """Successive halving over epochs: bad configurations get fewer epochs than good ones."""
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=search_policy.make_pruner(_cfg(pruner="hyperband")),
+    )
+    epochs = 9
+
+    def objective(trial: optuna.Trial) -> float:
+        quality = trial.suggest_float("quality", 0.0, 1.0)
+        score = 0.0
+        for epoch in range(1, epochs + 1):
+            score = quality * (1 - 0.5**epoch)
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return score
+
+    study.optimize(objective, n_trials=30)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert pruned and complete
+    spent = sum(len(t.intermediate_values) for t in study.trials)
+    assert spent < 0.7 * len(study.trials) * epochs  # most configurations stopped well before the end
+    mean = lambda trials: sum(t.params["quality"] for t in trials) / len(trials)  # noqa: E731
+    assert mean(complete) > mean(pruned)
+
+
+def _trial(value: float, constraint: float | None) -> optuna.trial.FrozenTrial:
+    attrs = {} if constraint is None else {search_policy.CONSTRAINT_ATTR: (constraint,)}
+    return create_trial(value=value, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs)
+
+
+def test_the_best_trial_is_the_best_one_fast_enough() -> None:
+    slow_but_best, fast = _trial(0.95, constraint=3.0), _trial(0.90, constraint=-1.0)
+    assert search_policy.best_feasible([slow_but_best, fast]) is fast
+    assert search_policy.best_feasible([slow_but_best]) is None
+    assert search_policy.best_feasible([_trial(0.8, None), _trial(0.7, None)]).value == 0.8  # unconstrained study
+    assert search_policy.constraint_values(_trial(0.5, None)) == (math.inf,)  # nothing recorded: infeasible
+    sampler = search_policy.make_sampler(_cfg(min_speedup=10))
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+
+
+@pytest.mark.parametrize("bad", ["study.pruner=sha", "study.min_speedup=-2", "study.enqueue_defaults=maybe"])
+def test_bad_policy_settings_are_refused_before_any_work(tiny_overrides: list[str], bad: str) -> None:
+    from transfer.errors import KDError
+
+    with pytest.raises(KDError, match=bad.split("=")[0]):
+        run_study(compose([*_tree(tiny_overrides), bad]))
+
+
+def _tree(overrides: list[str]) -> list[str]:
+    """The fast study overrides for a tree student (which has no epochs)."""
+    return [*(o for o in overrides if not o.startswith("student.hparams.epochs")), "student=tree"]
+
+
+def test_an_impossible_speed_constraint_leaves_no_best_trial(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """min_speedup is part of the study's identity and no trial slower than it can be called best."""
+    common = [*_tree(tiny_overrides), "study.n_trials=2"]
+    result = run_study(compose([*common, "study.min_speedup=1000000"]))
+    assert result.study_name.split("-")[-1].startswith("s")  # its own study, not the plain one's
+    assert result.best_trial is None and result.n_finished == 2
+    assert "min_speedup" in describe(result)
+    study = optuna.load_study(study_name=result.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert all(not search_policy.feasible(t) for t in study.trials)
+    assert study.user_attrs["setup"]["min_speedup"] == 1000000.0
+    # the parent run holds the trials' score/latency plot
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    files = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"trials_pareto.png", "trials_pareto.html"} <= files
