@@ -101,7 +101,13 @@ def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
 
     client = mlflow.MlflowClient()
     columns = runs_view_columns(task_metrics)
-    view = {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns], "runListHidden": False}
+    name = "attributes.`Run Name`"
+    view = {
+        "selectedColumns": columns,
+        "columnOrder": [name, *columns],
+        "columnWidths": {name: 340},  # room for study-<task>-<teacher>-<student>-<cache>
+        "runListHidden": False,
+    }
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(view))
     if NOTE_TAG not in client.get_experiment(experiment_id).tags:
         note = (

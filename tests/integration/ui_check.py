@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,12 @@ TASK = "sst2"
 EXPERIMENT = f"kd-{TASK}"
 METRIC = "dev_accuracy"
 STUDENTS = {  # student → its fixed settings: small and fast, still searching something
-    "bilstm": ["student.hparams.epochs=1", "student.hparams.hidden_size=16", "student.hparams.mlp_dim=16"],
+    "bilstm": [
+        "student.hparams.epochs=4",
+        "student.hparams.batch_size=64",
+        "student.hparams.hidden_size=16",
+        "student.hparams.mlp_dim=16",
+    ],
     "tree": [],
 }
 N_TRIALS = 3
@@ -60,7 +66,7 @@ def common_overrides(work: Path, data: Path) -> list[str]:
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         "progress=false",
         "tracking.latency_samples=3",
-        "teacher.epochs=8",  # enough for the tiny teacher to learn the tiny task: the pages show real numbers
+        "teacher.epochs=6",  # enough for the tiny teacher to learn the tiny task: the pages show real numbers
         "teacher.batch_size=16",
     ]
 
@@ -135,6 +141,18 @@ def find_ids(work: Path) -> dict[str, object]:
         "teacher_run": by_role["teacher"][0].info.run_id,
         "comparison_run": by_role["comparison"][0].info.run_id,
         "studies": {s.study_name: s._study_id for s in studies},
+        # the study whose trials scored most differently: its history and importances say the most
+        "pictured": max(
+            studies,
+            key=lambda s: len(
+                {
+                    t.value
+                    for t in optuna.load_study(
+                        study_name=s.study_name, storage=f"sqlite:///{work / 'optuna.db'}"
+                    ).get_trials(deepcopy=False)
+                }
+            ),
+        ).study_name,
     }
 
 
@@ -168,6 +186,9 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         clicked = browser.click(expanders)
         assert clicked == len(parents), f"{clicked} expandable parent runs, expected one per study ({len(parents)})"
         browser.wait_for_text(trials, 60)
+        if shots:
+            close_assistant(browser)
+            browser.screenshot(shots / "mlflow-runs.png")
 
     def sortable() -> None:
         for column in ("share_of_teacher", "test_accuracy"):
@@ -178,9 +199,6 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
                 20,
                 f"sorting by {column}",
             )
-        if shots:
-            close_assistant(browser)
-            browser.screenshot(shots / "mlflow-runs.png")
 
     def compare_view() -> None:
         chosen = [ids["teacher_run"], *ids["trial_runs"]]
@@ -189,6 +207,13 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         browser.wait_for_text(["teacher-tiny", *trials[:2], *COLUMNS, "latency_ms_b1"], 120)
         if shots:
             close_assistant(browser)
+            # the metrics table, not the parallel-coordinates plot above it
+            browser.js(
+                "(() => { const els = Array.from(document.querySelectorAll('body *')).filter("
+                "e => (e.innerText || '').trim() === 'Metrics'); const el = els[els.length - 1];"
+                " if (el) el.scrollIntoView({block: 'start'}); return Boolean(el); })()"
+            )
+            time.sleep(1)
             browser.screenshot(shots / "mlflow-compare.png")
 
     def report() -> None:
@@ -239,6 +264,9 @@ def check_dashboard(checks: Checks, browser: Browser, url: str, ids: dict, shots
         page = browser.wait_for_text([bilstm, "History", "Hyperparameter Importance", METRIC, "lr"], 120)
         assert "Objective 0" not in page, "the dashboard names the objective 'Objective 0', not the metric"
         if shots:
+            browser.open(f"{url}/dashboard/studies/{studies[ids['pictured']]}")  # type: ignore[index]
+            browser.wait_for_text(["History", "Hyperparameter Importance"], 120)
+            time.sleep(2)  # plotly's drawing settles
             browser.screenshot(shots / "optuna-dashboard-study.png")
 
     def trials() -> None:
@@ -265,6 +293,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds each study command may take")
     args = parser.parse_args()
 
+    # a CI timeout's SIGTERM: unwind, so the servers and the browser (own process groups) are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="kd-ui-"))
     work.mkdir(parents=True, exist_ok=True)
