@@ -40,7 +40,8 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         self.labels = [str(x) for x in config["labels"]]
         path = context.artifacts["model"]
-        if config.get("kind") == "teacher":
+        # "model_kind", not "kind": MLflow logs the config as run params, and forests have a "kind" hyper-parameter
+        if config.get("model_kind", config.get("kind")) == "teacher":
             from teachers.model import Teacher
 
             teacher = Teacher(path, max_length=int(config["max_length"]), device="cpu")
@@ -150,7 +151,7 @@ def log_text_model(
         raise ValueError(f"kind must be student or teacher, got {kind!r}")
     if kind == "teacher" and not max_length:
         raise ValueError("a teacher model needs its max_length")
-    config: dict[str, Any] = {"kind": kind, "labels": [str(x) for x in labels]}
+    config: dict[str, Any] = {"model_kind": kind, "labels": [str(x) for x in labels]}
     if kind == "teacher":
         config |= {"max_length": int(max_length or 0), "int8": bool(int8)}
     examples = [str(t) for t in example][:2] or ["an example sentence"]
