@@ -7,7 +7,7 @@ from pathlib import Path
 
 from studies.evaluate import side_by_side_latency
 
-__all__ = ["DATA_DIR", "REPO", "isolated_overrides", "side_by_side_latency"]
+__all__ = ["DATA_DIR", "REPO", "isolated_overrides", "side_by_side_latency", "split_overrides"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = os.environ.get("KD_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -23,3 +23,12 @@ def isolated_overrides(workdir: Path) -> list[str]:
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
         "progress=false",
     ]
+
+
+def split_overrides(argv: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``[own arguments] -- [Hydra overrides]``: the benchmark's own flags, and overrides passed through."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]

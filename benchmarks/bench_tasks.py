@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO
+from benchmarks._common import REPO, split_overrides
 from studies.report import Stat
 
 OUT_DIR = REPO / "benchmarks" / "results"
@@ -326,10 +326,7 @@ def write_csv(results: Sequence[TaskResult], path: Path) -> Path:
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        cut = list(argv).index("--")
-        argv, extra = list(argv[:cut]), list(argv[cut + 1 :])
+    argv, extra = split_overrides(list(argv))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument("--students", default=",".join(STUDENTS), help="comma-separated student types")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import REPO
+from benchmarks._common import REPO, split_overrides
 
 OUT_DIR = REPO / "benchmarks" / "results"
 FRESH_SEEDS = 1000  # like studies.compare: seeds no search trained with
@@ -147,10 +147,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_outputs(table: Sequence[dict[str, Any]], out_dir: Path, command: str) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from studies.report import curves_png
 
     md = out_dir / "transfer_size.md"
     lines = [
@@ -171,35 +168,22 @@ def write_outputs(table: Sequence[dict[str, Any]], out_dir: Path, command: str) 
         writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["task"])
         writer.writeheader()
         writer.writerows(table)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for task in sorted({r["task"] for r in table}):
-        points = [r for r in table if r["task"] == task]
-        ax.errorbar(
-            [r["size"] for r in points],
-            [r["share_mean"] for r in points],
-            yerr=[r["share_sd"] for r in points],
-            marker="o",
-            capsize=3,
-            label=task,
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("transfer set size (× the training sentences)")
-    ax.set_ylabel("student test score, % of the teacher's")
-    ax.set_title("Share of the teacher vs augmented transfer-set size")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png = out_dir / "transfer_size.png"
-    fig.savefig(png, dpi=130)
-    plt.close(fig)
+    series = {
+        task: [(float(r["size"]), r["share_mean"], r["share_sd"]) for r in table if r["task"] == task]
+        for task in sorted({r["task"] for r in table})
+    }
+    png = curves_png(
+        out_dir / "transfer_size.png",
+        series,
+        "transfer set size (× the training sentences)",
+        "student test score, % of the teacher's",
+        "Share of the teacher vs augmented transfer-set size",
+    )
     return {"md": md, "csv": path_csv, "png": png}
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        cut = list(argv).index("--")
-        argv, extra = list(argv[:cut]), list(argv[cut + 1 :])
+    argv, extra = split_overrides(list(argv))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="sst2,cola")
     parser.add_argument("--sizes", default="1,2,4,8", help="multiples of the training sentences")
