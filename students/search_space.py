@@ -109,7 +109,9 @@ def _expected_type(spec: ParamSpec | None, default: Any) -> type | None:
     if spec is not None and spec.kind == "float":
         return float
     if spec is not None and spec.choices:
-        kinds = {type(c) for c in spec.choices}
+        # a default of another type than the choices (a chain's links: a list, searched as "a,b" strings)
+        # means the student accepts both forms: no single type to insist on
+        kinds = {type(c) for c in spec.choices} | ({type(default)} if default is not None else set())
         return kinds.pop() if len(kinds) == 1 else None
     if default is not None and type(default) in _TYPE_NAMES:
         return type(default)

@@ -471,3 +471,15 @@ def test_make_transfer_set_keeps_test_out_of_training(tiny_task) -> None:
 def test_rebuilt_cache_has_test_split(tiny_teacher, tiny_task, tmp_path: Path) -> None:
     cache = get_or_build_cache(tiny_teacher, make_transfer_set(tiny_task), tmp_path)
     assert len(cache.test_texts) == len(tiny_task.test)
+
+
+def test_the_chains_own_config_passes_validation() -> None:
+    """``student=chain`` fixes ``links`` as a list (its YAML); the search space names "a,b" strings: both are valid."""
+    from studies.config import compose
+    from studies.run import fixed_hparams
+    from studies.validate import validate
+
+    cfg = compose(["student=chain", "student.hparams.epochs=2"])
+    validate(cfg, fixed_hparams(cfg.student))  # raised "links: expected a string" before
+    cfg = compose(["student=chain", "student.links=[cnn,bilstm]"])
+    validate(cfg, fixed_hparams(cfg.student))
