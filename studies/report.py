@@ -173,11 +173,19 @@ def pareto_png(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: s
             labelled = True
         ax.annotate(p.name, (p.x, p.y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xscale("log")
+    return _finish(fig, ax, path, xlabel, ylabel, title, legend=True)
+
+
+def _finish(fig: Any, ax: Any, path: str | Path, xlabel: str, ylabel: str, title: str, legend: bool) -> Path:
+    """Label, grid, legend, save and close: the end every plot here shares."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if legend:
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=130)
@@ -201,17 +209,7 @@ def curves_png(
             continue
         xs, ys, sds = zip(*points, strict=True)
         ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if series:
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, path, xlabel, ylabel, title, legend=bool(series))
 
 
 def pareto_html(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: str, title: str) -> Path:

@@ -4,11 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python}"
+. tests/integration/apt_install.sh
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
-    echo "integration: installing postgresql with apt-get" >&2
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
+    apt_install postgresql "integration"
 fi
 exec "$PYTHON" tests/integration/run_postgres.py "$@"

@@ -5,12 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python}"
+. tests/integration/apt_install.sh
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
     && ! command -v google-chrome >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
-    echo "ui check: installing chromium with apt-get" >&2
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+    apt_install chromium "ui check"
 fi
 exec "$PYTHON" tests/integration/ui_check.py "$@"
