@@ -63,13 +63,28 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 NOTE_TAG = "mlflow.note.content"
 
 
+def set_experiment_tag_shared(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that several workers may be setting at the same instant.
+
+    Two workers that both find the tag missing both insert it; on PostgreSQL the second insert is a
+    unique-key violation. Whoever lost finds the tag written by the other, which is all it wanted.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if key not in client.get_experiment(experiment_id).tags:
+            raise
+
+
 def open_on_training_runs(experiment_id: str) -> None:
     """Tag the experiment as model training (unless a person already chose a kind in the UI)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        set_experiment_tag_shared(client, experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
 
 
 def runs_view_columns(task_metrics: Sequence[str]) -> list[str]:
@@ -108,7 +123,7 @@ def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
         "columnWidths": {name: 340},  # room for study-<task>-<teacher>-<student>-<cache>
         "runListHidden": False,
     }
-    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(view))
+    set_experiment_tag_shared(client, experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(view))
     if NOTE_TAG not in client.get_experiment(experiment_id).tags:
         note = (
             f"Knowledge-distillation studies (kd-students). [Open the runs table with the metric columns]"
@@ -117,7 +132,7 @@ def set_runs_view(experiment_id: str, task_metrics: Sequence[str]) -> None:
             "`latency_ms_b1`. One parent run `study-<study name>` per `studies.run` invocation holds one child run "
             "`<student>-trial-<n>` per Optuna trial; `compare-<task>` runs hold the comparison report and Pareto plot."
         )
-        client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+        set_experiment_tag_shared(client, experiment_id, NOTE_TAG, note)
 
 
 def git_commit() -> str:

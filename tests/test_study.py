@@ -230,3 +230,26 @@ def test_cli_malformed_row(tiny_overrides: list[str], tmp_path: Path, capsys) ->
     (sst2 / "dev.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
     line = _error_line(capsys, _replace(tiny_overrides, "data.dir", str(tmp_path / "bad-data")))
     assert f"{sst2 / 'train.tsv'}:3:" in line
+
+
+def test_a_tag_another_worker_wrote_first_is_not_an_error() -> None:
+    """Two workers setting the same experiment tag: the loser's unique-key error is harmless, others are not."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from studies.tracking import set_experiment_tag_shared
+
+    class Client:
+        def __init__(self, present: bool) -> None:
+            self.present = present
+
+        def set_experiment_tag(self, *args: Any) -> None:
+            raise MlflowException("duplicate key value violates unique constraint")
+
+        def get_experiment(self, experiment_id: str) -> Any:
+            return SimpleNamespace(tags={"k": "v"} if self.present else {})
+
+    set_experiment_tag_shared(Client(present=True), "1", "k", "v")  # the other worker's write stands
+    with pytest.raises(MlflowException):
+        set_experiment_tag_shared(Client(present=False), "1", "k", "v")
