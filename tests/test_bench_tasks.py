@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from benchmarks import bench_tasks
 from benchmarks.readme import fill
 
@@ -13,7 +15,7 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     out = tmp_path / "results" / "tasks.md"
     overrides = [o for o in tiny_overrides if not o.startswith("student.hparams.epochs")]
     argv = ["--tasks", "sst2", "--students", "tree,bilstm", "--trials", "1", "--seeds", "2", "--epochs", "1"]
-    argv += ["--teacher-lrs", "0.001,0.01"]
+    argv += ["--teacher-lrs", "0.001,0.01", "--ledger", str(tmp_path / "ledger.json")]
     results = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     text = out.read_text(encoding="utf-8")
     rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
@@ -27,6 +29,25 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     # a rerun trains nothing new: studies are full and the seed runs are reused
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
+    assert again[0].minutes > results[0].minutes  # the ledger adds the second sitting to the first
+
+
+def test_task_prefixed_overrides_apply_to_their_task_only() -> None:
+    extra = ["seed=1", "sara:teacher.epochs=15", "sst2:transfer.augment.n=0", "tracking.uri=http://h:5000"]
+    assert bench_tasks.task_overrides(extra, "sara") == ["seed=1", "teacher.epochs=15", "tracking.uri=http://h:5000"]
+    assert bench_tasks.task_overrides(extra, "trec") == ["seed=1", "tracking.uri=http://h:5000"]
+    sst2 = bench_tasks.task_overrides(extra, "sst2")
+    merged = bench_tasks.merge_overrides(["task=sst2", "transfer.augment.n=3"], sst2)
+    assert merged == ["task=sst2", "seed=1", "transfer.augment.n=0", "tracking.uri=http://h:5000"]
+    with pytest.raises(SystemExit, match="unknown task 'sst3'"):
+        bench_tasks.task_overrides(["sst3:seed=1"], "sst2")
+
+
+def test_ledger_adds_up_sittings_per_task_setup(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.json"
+    assert bench_tasks.add_to_ledger(ledger, "trec", ["task=trec", "b=1"], 2.0) == 2.0
+    assert bench_tasks.add_to_ledger(ledger, "trec", ["b=1", "task=trec"], 3.0) == 5.0  # same setup, any order
+    assert bench_tasks.add_to_ledger(ledger, "trec", ["task=trec", "b=2"], 1.0) == 1.0  # another setup
 
 
 def test_readme_blocks_are_filled_from_their_files(tmp_path: Path) -> None:
