@@ -415,4 +415,7 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.exit("interrupted: what finished is stored; the same command resumes from there")
