@@ -89,20 +89,21 @@ def run_task(
 
     started = time.perf_counter()
     common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false"]
-    if args.transfer_size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
-        common.append(f"transfer.augment.n={args.transfer_size - 1}")
+    trials, epochs, size = (per_task(v, task) for v in (args.trials, args.epochs, args.transfer_size))
+    if size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
+        common.append(f"transfer.augment.n={size - 1}")
     common = merge_overrides(common, task_overrides(extra, task))
     teacher_choice = ""
     if args.teacher_lrs:
         lr, teacher_choice = pick_teacher_lr(common, [float(x) for x in args.teacher_lrs.split(",")])
         common.append(f"teacher.lr={lr}")
     for student in students:
-        overrides = [*common, f"student={student}", f"study.n_trials={args.trials}"]
-        if args.epochs and student in NEURAL:
-            overrides.append(f"student.hparams.epochs={args.epochs}")
+        overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
+        if epochs and student in NEURAL:
+            overrides.append(f"student.hparams.epochs={epochs}")
         if args.min_speedup and student == "bilstm":
             overrides.append(f"study.min_speedup={args.min_speedup}")
-        print(f"[{task}] study of {student}: {args.trials} trials", flush=True)
+        print(f"[{task}] study of {student}: {trials} trials", flush=True)
         result = run_study(compose(overrides))
         print(describe(result).splitlines()[1], flush=True)
     listing = "[" + ",".join(students) + "]"
@@ -135,6 +136,24 @@ def run_task(
     record["lr_choice"] = teacher_choice
     minutes = add_to_ledger(Path(args.ledger), task, common, (time.perf_counter() - started) / 60)
     return TaskResult(task, rows, comparison.missing, minutes, record, pareto)
+
+
+def per_task(spec: str, task: str) -> int:
+    """A budget argument: ``"3"`` for every task, or ``"3,sst2=1"`` (3, but 1 for SST-2)."""
+    value = None
+    for item in str(spec).split(","):
+        name, sep, number = item.rpartition("=")
+        if sep and name not in TASKS:
+            raise SystemExit(f"budget {spec!r}: unknown task {name!r} (expected one of {', '.join(TASKS)})")
+        if not number.strip().isdigit():
+            raise SystemExit(f"budget {spec!r}: {item!r} is not a whole number (expected e.g. 3 or 3,sst2=1)")
+        if name == task or (not sep and value is None):
+            value = int(number)
+        if name == task:
+            break
+    if value is None:
+        raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
+    return value
 
 
 def _key(override: str) -> str:
@@ -310,11 +329,10 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
 def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Sequence[str]) -> str:
     command = "python -m benchmarks.bench_tasks " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
     budget = (
-        f"{args.trials} trials per student (pruner {args.pruner}, the student's defaults first), "
-        f"{args.seeds} fresh seeds per best configuration"
-        + (f", neural students fixed to {args.epochs} epochs" if args.epochs else "")
-        + (f", transfer set {args.transfer_size}× the training sentences" if args.transfer_size > 1 else "")
-        + (f", extra overrides `{' '.join(extra)}`" if extra else "")
+        f"trials per student {args.trials} (pruner {args.pruner}, the student's defaults first), "
+        f"{args.seeds} fresh seeds per best configuration, neural students' epochs {args.epochs} "
+        f"(0 = searched; early stopping on dev), transfer set {args.transfer_size}× the training sentences "
+        "(`task=N` sets one task's value)" + (f", extra overrides `{' '.join(extra)}`" if extra else "")
     )
     lines = [
         f"Budget: {budget}. Test split; every choice made on dev. Cells: mean ± sd over seeds.",
@@ -381,11 +399,13 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument("--students", default=",".join(STUDENTS), help="comma-separated student types")
-    parser.add_argument("--trials", type=int, default=3, help="Optuna trials per student and task")
+    parser.add_argument("--trials", default="3", help="Optuna trials per student: 3, or per task: 3,sst2=1")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
-    parser.add_argument("--epochs", type=int, default=2, help="fix neural students' epochs (0 = searched)")
+    parser.add_argument("--epochs", default="2", help="fix neural students' epochs (0 = searched): 2, or 2,sst2=3")
     parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
-    parser.add_argument("--transfer-size", type=int, default=1, help="transfer set = K x the training sentences")
+    parser.add_argument(
+        "--transfer-size", default="1", help="transfer set = K x the training sentences: 1, or 4,sst2=1"
+    )
     parser.add_argument("--teacher-lrs", default="", help="comma-separated teacher learning rates, best on dev kept")
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
@@ -401,6 +421,10 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
     quiet_libraries()
     args, extra = parse(argv)
     tasks = [t for t in args.tasks.split(",") if t]
+    for task in tasks:  # bad budgets and task prefixes are refused before any work
+        for spec in (args.trials, args.epochs, args.transfer_size):
+            per_task(spec, task)
+        task_overrides(extra, task)
     students = [s for s in args.students.split(",") if s]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

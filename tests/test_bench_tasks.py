@@ -60,3 +60,16 @@ def test_readme_blocks_are_filled_from_their_files(tmp_path: Path) -> None:
     filled, missing = fill(text, tmp_path)
     assert "| 1 |" in filled and "old figures" not in filled
     assert missing == ["r/none.md"] and "x\n<!-- end include -->" in filled
+
+
+def test_budgets_can_differ_per_task() -> None:
+    assert bench_tasks.per_task("3", "sst2") == 3
+    assert bench_tasks.per_task("3,sst2=1", "sst2") == 1
+    assert bench_tasks.per_task("3,sst2=1", "trec") == 3
+    assert bench_tasks.per_task("sst2=1,4", "cola") == 4
+    with pytest.raises(SystemExit, match="no value for trec"):
+        bench_tasks.per_task("sst2=1", "trec")
+    with pytest.raises(SystemExit, match="unknown task 'sts2'"):
+        bench_tasks.per_task("3,sts2=1", "trec")
+    with pytest.raises(SystemExit, match="not a whole number"):
+        bench_tasks.per_task("three", "trec")
