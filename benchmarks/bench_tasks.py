@@ -94,8 +94,9 @@ def run_task(
         common.append(f"transfer.augment.n={size - 1}")
     common = merge_overrides(common, task_overrides(extra, task))
     teacher_choice = ""
-    if args.teacher_lrs:
-        lr, teacher_choice = pick_teacher_lr(common, [float(x) for x in args.teacher_lrs.split(",")])
+    lrs = teacher_lrs(args.teacher_lrs, task)
+    if lrs:
+        lr, teacher_choice = pick_teacher_lr(common, lrs)
         common.append(f"teacher.lr={lr}")
     for student in students:
         overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
@@ -154,6 +155,24 @@ def per_task(spec: str, task: str) -> int:
     if value is None:
         raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
     return value
+
+
+def teacher_lrs(spec: str, task: str) -> list[float]:
+    """``--teacher-lrs``: ``"5e-5,1e-4"`` for every task, or ``"sara=1e-4,sara=2e-4"`` for one (others: none)."""
+    shared, own = [], []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, value = item.rpartition("=")
+        if sep and name not in TASKS:
+            raise SystemExit(f"--teacher-lrs {spec!r}: unknown task {name!r} (expected one of {', '.join(TASKS)})")
+        try:
+            lr = float(value)
+        except ValueError:
+            raise SystemExit(f"--teacher-lrs {spec!r}: {item!r} is not a learning rate (expected e.g. 1e-4)") from None
+        if not sep:
+            shared.append(lr)
+        elif name == task:
+            own.append(lr)
+    return own or shared
 
 
 def _key(override: str) -> str:
@@ -406,7 +425,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--transfer-size", default="1", help="transfer set = K x the training sentences: 1, or 4,sst2=1"
     )
-    parser.add_argument("--teacher-lrs", default="", help="comma-separated teacher learning rates, best on dev kept")
+    parser.add_argument(
+        "--teacher-lrs", default="", help="teacher learning rates, best on dev kept: 5e-5,1e-4 or sara=5e-5,sara=1e-4"
+    )
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
     parser.add_argument(
@@ -425,6 +446,7 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
         for spec in (args.trials, args.epochs, args.transfer_size):
             per_task(spec, task)
         task_overrides(extra, task)
+        teacher_lrs(args.teacher_lrs, task)
     students = [s for s in args.students.split(",") if s]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,3 +73,12 @@ def test_budgets_can_differ_per_task() -> None:
         bench_tasks.per_task("3,sts2=1", "trec")
     with pytest.raises(SystemExit, match="not a whole number"):
         bench_tasks.per_task("three", "trec")
+
+
+def test_teacher_learning_rates_can_be_chosen_per_task() -> None:
+    assert bench_tasks.teacher_lrs("5e-5,1e-4", "trec") == [5e-5, 1e-4]
+    assert bench_tasks.teacher_lrs("sara=1e-4,sara=2e-4", "sara") == [1e-4, 2e-4]
+    assert bench_tasks.teacher_lrs("sara=1e-4,sara=2e-4", "sst2") == []  # the teacher config's own lr
+    assert bench_tasks.teacher_lrs("1e-4,cola=3e-4", "cola") == [3e-4]
+    with pytest.raises(SystemExit, match="not a learning rate"):
+        bench_tasks.teacher_lrs("fast", "sst2")
