@@ -69,6 +69,7 @@ class TaskResult:
     minutes: float
     teacher_record: dict[str, Any]
     pareto: dict[str, Path]
+    students: list[str]
 
 
 def _stat(cell: Any) -> Stat:
@@ -136,7 +137,7 @@ def run_task(
     record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
     record["lr_choice"] = teacher_choice
     minutes = add_to_ledger(Path(args.ledger), task, common, (time.perf_counter() - started) / 60)
-    return TaskResult(task, rows, comparison.missing, minutes, record, pareto)
+    return TaskResult(task, rows, comparison.missing, minutes, record, pareto, list(students))
 
 
 def per_task(spec: str, task: str) -> int:
@@ -155,6 +156,23 @@ def per_task(spec: str, task: str) -> int:
     if value is None:
         raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
     return value
+
+
+def task_students(spec: str, task: str) -> list[str]:
+    """``--students``: ``"bilstm,cnn"`` for every task, plus ``"trec=bert"`` items for one task only."""
+    from studies.config import group_options
+
+    known = group_options("student")
+    chosen: list[str] = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, student = item.rpartition("=")
+        if sep and name not in TASKS:
+            raise SystemExit(f"--students {spec!r}: unknown task {name!r} (expected one of {', '.join(TASKS)})")
+        if student not in known:
+            raise SystemExit(f"--students {spec!r}: unknown student {student!r} (expected one of {', '.join(known)})")
+        if (not sep or name == task) and student not in chosen:
+            chosen.append(student)
+    return chosen
 
 
 def teacher_lrs(spec: str, task: str) -> list[float]:
@@ -378,6 +396,13 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
         "",
         *targets(results),
     ]
+    not_run = [
+        f"{TASK_LABELS.get(r.task, r.task)}: {', '.join(s for s in STUDENTS if s not in r.students)}"
+        for r in results
+        if any(s not in r.students for s in STUDENTS)
+    ]
+    if not_run:
+        lines += ["", "Not run (outside this budget, `--students`): " + "; ".join(not_run) + "."]
     missing = [f"- {r.task}: {k} ({v})" for r in results for k, v in sorted(r.missing.items())]
     if missing:
         lines += ["", "Not compared:", "", *missing]
@@ -417,7 +442,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv, extra = split_overrides(list(argv))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-    parser.add_argument("--students", default=",".join(STUDENTS), help="comma-separated student types")
+    parser.add_argument("--students", default=",".join(STUDENTS), help="student types: bilstm,cnn or +trec=bert")
     parser.add_argument("--trials", default="3", help="Optuna trials per student: 3, or per task: 3,sst2=1")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
     parser.add_argument("--epochs", default="2", help="fix neural students' epochs (0 = searched): 2, or 2,sst2=3")
@@ -447,12 +472,12 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
             per_task(spec, task)
         task_overrides(extra, task)
         teacher_lrs(args.teacher_lrs, task)
-    students = [s for s in args.students.split(",") if s]
+        task_students(args.students, task)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for task in tasks:
-        results.append(run_task(task, students, args, extra, out.parent))
+        results.append(run_task(task, task_students(args.students, task), args, extra, out.parent))
         out.write_text(render(results, args, extra), encoding="utf-8")  # after each task: nothing lost
         write_csv(results, out.with_suffix(".csv"))
     print(out.read_text(encoding="utf-8"))

@@ -25,7 +25,10 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert "SST-2 test_accuracy" in text and "Targets:" in text and "SST-2 bilstm ≥ 97 %" in text
     assert (out.parent / "pareto_sst2.png").stat().st_size > 0 and (out.parent / "pareto_sst2.html").is_file()
     assert results[0].minutes > 0
-    assert "picked on dev: lr 0.001: dev" in text  # the teacher recipe was chosen on dev, and says so
+    assert "picked on dev: lr 0.001: dev" in text
+    assert (
+        "Not run (outside this budget, `--students`): SST-2: cnn, bert, lgbm, forest, chain." in text
+    )  # the teacher recipe was chosen on dev, and says so
     # a rerun trains nothing new: studies are full and the seed runs are reused
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
@@ -82,3 +85,11 @@ def test_teacher_learning_rates_can_be_chosen_per_task() -> None:
     assert bench_tasks.teacher_lrs("1e-4,cola=3e-4", "cola") == [3e-4]
     with pytest.raises(SystemExit, match="not a learning rate"):
         bench_tasks.teacher_lrs("fast", "sst2")
+
+
+def test_students_can_be_added_for_one_task() -> None:
+    spec = "bilstm,tree,trec=bert,trec=chain"
+    assert bench_tasks.task_students(spec, "trec") == ["bilstm", "tree", "bert", "chain"]
+    assert bench_tasks.task_students(spec, "sst2") == ["bilstm", "tree"]
+    with pytest.raises(SystemExit, match="unknown student 'lstm'"):
+        bench_tasks.task_students("lstm", "sst2")
