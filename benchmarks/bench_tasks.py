@@ -44,6 +44,20 @@ NEURAL = {"bilstm", "cnn", "bert", "chain"}
 TRANSFORMERS = {"bert", "chain"}  # the chain's first link is a small BERT
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
 
+# The budget that fits one sitting of a 2-core CPU and what paid on dev (README, "The results table"):
+# a 4x augmented transfer set (benchmarks/bench_transfer_size) and 10 epochs with early stopping for
+# the small tasks; SST-2 (60K sentences) keeps its 1x set, the default study's searched epochs and
+# one trial (the student's defaults); the transformer students get 2 epochs and one trial, on TREC only;
+# Sara's and CoLA's teachers need more epochs than the default 2 and a learning rate picked on dev.
+DEFAULTS: dict[str, Any] = {
+    "students": "bilstm,cnn,lgbm,forest,tree,trec=bert,trec=chain",
+    "trials": "3,sst2=1,bert=1,chain=1",
+    "epochs": "10,sst2=0,bert=2,chain=2",
+    "transfer_size": "4,sst2=1",
+    "teacher_lrs": "sara=1e-4,sara=2e-4,cola=1e-4,cola=2e-4",
+    "overrides": ("sara:teacher.epochs=15", "cola:teacher.epochs=8"),
+}
+
 
 @dataclass
 class Row:
@@ -90,7 +104,7 @@ def run_task(
 
     started = time.perf_counter()
     common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false"]
-    trials, epochs, size = (per_task(v, task) for v in (args.trials, args.epochs, args.transfer_size))
+    size = per_task(args.transfer_size, task)
     if size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
         common.append(f"transfer.augment.n={size - 1}")
     common = merge_overrides(common, task_overrides(extra, task))
@@ -100,6 +114,7 @@ def run_task(
         lr, teacher_choice = pick_teacher_lr(common, lrs)
         common.append(f"teacher.lr={lr}")
     for student in students:
+        trials, epochs = per_task(args.trials, task, student), per_task(args.epochs, task, student)
         overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
         if epochs and student in NEURAL:
             overrides.append(f"student.hparams.epochs={epochs}")
@@ -140,22 +155,25 @@ def run_task(
     return TaskResult(task, rows, comparison.missing, minutes, record, pareto, list(students))
 
 
-def per_task(spec: str, task: str) -> int:
-    """A budget argument: ``"3"`` for every task, or ``"3,sst2=1"`` (3, but 1 for SST-2)."""
-    value = None
-    for item in str(spec).split(","):
-        name, sep, number = item.rpartition("=")
-        if sep and name not in TASKS:
-            raise SystemExit(f"budget {spec!r}: unknown task {name!r} (expected one of {', '.join(TASKS)})")
-        if not number.strip().isdigit():
+def per_task(spec: str, task: str, student: str | None = None) -> int:
+    """A budget argument: ``"3"`` for everything, ``"3,sst2=1"`` (1 on SST-2), ``"10,bert=2"`` (2 for bert).
+
+    The most specific item wins: a student's, then a task's, then the plain number.
+    """
+    from studies.config import group_options
+
+    values: dict[str, int] = {}
+    for item in (x.strip() for x in str(spec).split(",") if x.strip()):
+        name, _, number = item.rpartition("=")
+        if name and name not in TASKS and name not in group_options("student"):
+            raise SystemExit(f"budget {spec!r}: {name!r} is neither a task nor a student type")
+        if not number.isdigit():
             raise SystemExit(f"budget {spec!r}: {item!r} is not a whole number (expected e.g. 3 or 3,sst2=1)")
-        if name == task or (not sep and value is None):
-            value = int(number)
-        if name == task:
-            break
-    if value is None:
-        raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
-    return value
+        values[name] = int(number)
+    for name in (student, task, ""):
+        if name is not None and name in values:
+            return values[name]
+    raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
 
 
 def task_students(spec: str, task: str) -> list[str]:
@@ -198,17 +216,20 @@ def _key(override: str) -> str:
 
 
 def task_overrides(extra: Sequence[str], task: str) -> list[str]:
-    """The Hydra overrides for ``task``: unprefixed ones apply to every task, ``<task>:key=value`` to that one."""
-    chosen = []
+    """The Hydra overrides for ``task``: unprefixed ones apply to every task, ``<task>:key=value`` to that one.
+
+    A key given twice keeps its last value (the defaults come first, so the user's win).
+    """
+    chosen: list[str] = []
     for override in extra:
         prefix, sep, rest = override.partition(":")
         if sep and "=" not in prefix:  # "sara:teacher.epochs=15" (a value may hold ":", a key never does)
             if prefix not in TASKS:
                 raise SystemExit(f"override {override!r}: unknown task {prefix!r} (expected one of {', '.join(TASKS)})")
             if prefix == task:
-                chosen.append(rest)
+                chosen = merge_overrides(chosen, [rest])
         else:
-            chosen.append(override)
+            chosen = merge_overrides(chosen, [override])
     return chosen
 
 
@@ -364,12 +385,12 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
 
 
 def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Sequence[str]) -> str:
-    command = "python -m benchmarks.bench_tasks " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    command = " ".join(["python -m benchmarks.bench_tasks", *sys.argv[1:]])
     budget = (
-        f"trials per student {args.trials} (pruner {args.pruner}, the student's defaults first), "
-        f"{args.seeds} fresh seeds per best configuration, neural students' epochs {args.epochs} "
-        f"(0 = searched; early stopping on dev), transfer set {args.transfer_size}× the training sentences "
-        "(`task=N` sets one task's value)" + (f", extra overrides `{' '.join(extra)}`" if extra else "")
+        f"trials per student `{args.trials}`, neural students' epochs `{args.epochs}` (0 = searched; early "
+        f"stopping on dev), transfer set `{args.transfer_size}`× the training sentences (a `task=` or `student=` "
+        f"item sets that one's value); pruner {args.pruner}, the student's defaults tried first; {args.seeds} "
+        "fresh seeds per best configuration" + (f"; overrides `{' '.join(extra)}`" if extra else "")
     )
     lines = [
         f"Budget: {budget}. Test split; every choice made on dev. Cells: mean ± sd over seeds.",
@@ -406,8 +427,7 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
     missing = [f"- {r.task}: {k} ({v})" for r in results for k, v in sorted(r.missing.items())]
     if missing:
         lines += ["", "Not compared:", "", *missing]
-    if command:
-        lines += ["", f"Made by `{command}`."]
+    lines += ["", f"Made by `{command}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -442,23 +462,22 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv, extra = split_overrides(list(argv))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-    parser.add_argument("--students", default=",".join(STUDENTS), help="student types: bilstm,cnn or +trec=bert")
-    parser.add_argument("--trials", default="3", help="Optuna trials per student: 3, or per task: 3,sst2=1")
-    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per best configuration")
-    parser.add_argument("--epochs", default="2", help="fix neural students' epochs (0 = searched): 2, or 2,sst2=3")
-    parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
-    parser.add_argument(
-        "--transfer-size", default="1", help="transfer set = K x the training sentences: 1, or 4,sst2=1"
-    )
-    parser.add_argument(
-        "--teacher-lrs", default="", help="teacher learning rates, best on dev kept: 5e-5,1e-4 or sara=5e-5,sara=1e-4"
-    )
+    add = parser.add_argument
+    add("--students", default=DEFAULTS["students"], help="student types for every task, plus task=student items")
+    add("--trials", default=DEFAULTS["trials"], help="Optuna trials per student (task=N / student=N: just that one)")
+    add("--seeds", type=int, default=3, help="fresh seeds per best configuration")
+    add("--epochs", default=DEFAULTS["epochs"], help="neural students' fixed epochs (0 = searched; task=N / student=N)")
+    add("--pruner", default="hyperband", choices=("hyperband", "median", "none"))
+    add("--transfer-size", default=DEFAULTS["transfer_size"], help="transfer set = K x the training sentences")
+    add("--teacher-lrs", default=DEFAULTS["teacher_lrs"], help="teacher learning rates, best on dev kept (task=lr)")
+    add("--no-default-overrides", action="store_true", help="leave out the per-task teacher recipes (DEFAULTS)")
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
     parser.add_argument(
         "--ledger", default="mlruns/reports/bench_tasks_minutes.json", help="wall time added up per task setup"
     )
-    return parser.parse_args(argv), extra
+    args = parser.parse_args(argv)
+    return args, ([] if args.no_default_overrides else list(DEFAULTS["overrides"])) + extra
 
 
 def main(argv: Sequence[str]) -> list[TaskResult]:

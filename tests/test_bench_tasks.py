@@ -72,7 +72,9 @@ def test_budgets_can_differ_per_task() -> None:
     assert bench_tasks.per_task("sst2=1,4", "cola") == 4
     with pytest.raises(SystemExit, match="no value for trec"):
         bench_tasks.per_task("sst2=1", "trec")
-    with pytest.raises(SystemExit, match="unknown task 'sts2'"):
+    assert bench_tasks.per_task("10,sst2=3,bert=2", "sst2", "bert") == 2  # the student's value wins
+    assert bench_tasks.per_task("10,sst2=3,bert=2", "sst2", "cnn") == 3
+    with pytest.raises(SystemExit, match="'sts2' is neither a task nor a student"):
         bench_tasks.per_task("3,sts2=1", "trec")
     with pytest.raises(SystemExit, match="not a whole number"):
         bench_tasks.per_task("three", "trec")
@@ -93,3 +95,15 @@ def test_students_can_be_added_for_one_task() -> None:
     assert bench_tasks.task_students(spec, "sst2") == ["bilstm", "tree"]
     with pytest.raises(SystemExit, match="unknown student 'lstm'"):
         bench_tasks.task_students("lstm", "sst2")
+
+
+def test_the_default_budget_resolves_for_every_task_and_user_overrides_win() -> None:
+    args, extra = bench_tasks.parse(["--", "sara:teacher.epochs=20"])
+    assert bench_tasks.task_overrides(extra, "sara") == ["teacher.epochs=20"]  # the default 15 is replaced
+    assert bench_tasks.task_overrides(extra, "cola") == ["teacher.epochs=8"]
+    assert "bert" in bench_tasks.task_students(args.students, "trec")
+    assert "bert" not in bench_tasks.task_students(args.students, "sst2")
+    for task in bench_tasks.TASKS:
+        assert bench_tasks.per_task(args.trials, task, "bilstm") >= 1
+        assert bench_tasks.per_task(args.transfer_size, task) >= 1
+    assert bench_tasks.parse(["--no-default-overrides"])[1] == []
