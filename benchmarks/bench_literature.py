@@ -16,7 +16,9 @@ Rows, side by side, every one scored on **test** over the same seeds (every choi
   nothing over the logits alone. The paired difference g − c over seeds says whether this
   framework reproduces that.
 
-Choices on dev, made on the first seed only: (d)'s term, (e)'s weight, (g)'s loss and weight.
+Choices on dev, made on a choice seed (0) that is never reported: (d)'s term, (e)'s weight, (g)'s
+loss and weight. The reported rows are trained on fresh seeds (1000, 1001, ...), as
+``studies.compare`` does, so no reported model is the one a choice was made on.
 The teacher is the default one (fine-tuned on all of SST-2, cached); the students see only the
 first ``train_limit`` training sentences (plus their augmentations), the low-data regime where
 the transfer set matters most. The table is printed and written to ``out`` (Markdown).
@@ -59,6 +61,8 @@ TOP_HIDDEN = {  # Kim & Rush's hidden-layer mimic: the teacher's top layer (inde
     f"{loss} {w:g}": {"hidden_weight": w, "hidden_loss": loss, "hidden_layer": -1}
     for loss, w in (("mse", 0.1), ("mse", 1.0), ("cosine", 0.5))
 }
+CHOICE_SEED = 0  # the seed every dev choice is made on; never among the reported seeds
+FRESH_SEED = 1000  # reported seeds start here (as studies.compare's do)
 ARGS = ("train_limit", "n_aug", "seeds", "epochs", "sparsities", "out")
 
 
@@ -118,7 +122,7 @@ def main(argv: list[str]) -> None:
     args = {k: v for k, v in (a.split("=", 1) for a in argv if "=" in a) if k in ARGS}
     overrides = [a for a in argv if a.split("=", 1)[0] not in ARGS]
     limit, n_aug = int(args.get("train_limit", 3000)), int(args.get("n_aug", 4))
-    seeds = list(range(int(args.get("seeds", 3))))
+    seeds = list(range(FRESH_SEED, FRESH_SEED + int(args.get("seeds", 3))))
     epochs = int(args.get("epochs", 4))
     sparsities = [float(s) for s in args.get("sparsities", "0.3,0.5,0.7").split(",") if s]
     out = Path(args.get("out", "benchmarks/results/bench_literature.md"))
@@ -135,10 +139,10 @@ def main(argv: list[str]) -> None:
     ]
     rows[0].transfer = f"{len(plain.cache):,} sentences"
     c = rows[2]
-    best_extra, extra_dev = choose_on_dev(augmented, KD, EXTRAS, seeds[0], epochs)
+    best_extra, extra_dev = choose_on_dev(augmented, KD, EXTRAS, CHOICE_SEED, epochs)
     rows.append(run_row(augmented, f"(d) (c) + {best_extra} {EXTRAS[best_extra]}", {**KD, **EXTRAS[best_extra]},
                         seeds, epochs))  # fmt: skip
-    best_derivative, derivative_dev = choose_on_dev(derived, KD, DERIVATIVE, seeds[0], epochs)
+    best_derivative, derivative_dev = choose_on_dev(derived, KD, DERIVATIVE, CHOICE_SEED, epochs)
     e = run_row(derived, f"(e) (c) + derivative matching, {best_derivative}", {**KD, **DERIVATIVE[best_derivative]},
                 seeds, epochs)  # fmt: skip
     rows.append(e)
@@ -148,7 +152,7 @@ def main(argv: list[str]) -> None:
         for s in sparsities
     ]  # fmt: skip
     rows += pruned
-    best_hidden, hidden_dev = choose_on_dev(augmented, KD, TOP_HIDDEN, seeds[0], epochs)
+    best_hidden, hidden_dev = choose_on_dev(augmented, KD, TOP_HIDDEN, CHOICE_SEED, epochs)
     g = run_row(augmented, f"(g) (c) + top hidden layer mimic, {best_hidden}", {**KD, **TOP_HIDDEN[best_hidden]},
                 seeds, epochs)  # fmt: skip
     rows.append(g)
@@ -165,7 +169,8 @@ def main(argv: list[str]) -> None:
     lines = [
         f"Teacher test {metric} {100 * teacher[f'test_{metric}']:.2f} (dev {100 * teacher[f'dev_{metric}']:.2f}), "
         f"batch-1 latency {latencies['teacher']:.2f} ms. BiLSTM students, first {limit:,} training sentences, "
-        f"{epochs} epochs, seeds {seeds}: mean ± sd; every choice on dev (first seed), test reported.",
+        f"{epochs} epochs, fresh seeds {seeds}: mean ± sd; every choice on dev (seed {CHOICE_SEED}, not reported), "
+        "test reported.",
         "",
         f"| setting | transfer set | test {metric} % | dev {metric} % | non-emb. params | sparsity | "
         "batch-1 ms | speed-up vs teacher |",
@@ -188,7 +193,7 @@ def main(argv: list[str]) -> None:
         "",
         f"- ordering a < b < c on test: {means[0] < means[1] < means[2]} "
         f"(a {100 * means[0]:.2f}, b {100 * means[1]:.2f}, c {100 * means[2]:.2f}).",
-        "- choices on dev (first seed): (d) " + ", ".join(f"{k} {100 * v:.2f}" for k, v in extra_dev.items())
+        f"- choices on dev (seed {CHOICE_SEED}): (d) " + ", ".join(f"{k} {100 * v:.2f}" for k, v in extra_dev.items())
         + "; (e) " + ", ".join(f"{k} {100 * v:.2f}" for k, v in derivative_dev.items())
         + "; (g) " + ", ".join(f"{k} {100 * v:.2f}" for k, v in hidden_dev.items()) + ".",
         f"- (e) − (c), paired over seeds: {e_diff:+.2f} ± {e_se:.2f} pp (mean ± standard error).",
