@@ -84,6 +84,7 @@ class TaskResult:
     teacher_record: dict[str, Any]
     pareto: dict[str, Path]
     students: list[str]
+    defaults_best: dict[str, bool | None]  # per student: was the best trial the enqueued defaults (None: no best)
 
 
 def _stat(cell: Any) -> Stat:
@@ -113,6 +114,7 @@ def run_task(
     if lrs:
         lr, teacher_choice = pick_teacher_lr(common, lrs)
         common.append(f"teacher.lr={lr}")
+    defaults_best: dict[str, bool | None] = {}
     for student in students:
         trials, epochs = per_task(args.trials, task, student), per_task(args.epochs, task, student)
         overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
@@ -123,6 +125,7 @@ def run_task(
         print(f"[{task}] study of {student}: {trials} trials", flush=True)
         result = run_study(compose(overrides))
         print(describe(result).splitlines()[1], flush=True)
+        defaults_best[student] = best_was_defaults(result)
     listing = "[" + ",".join(students) + "]"
     comparison = compare(
         compose([*common, f"compare.students={listing}", f"compare.seeds={args.seeds}"]), overrides=common
@@ -152,7 +155,18 @@ def run_task(
     record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
     record["lr_choice"] = teacher_choice
     minutes = add_to_ledger(Path(args.ledger), task, common, (time.perf_counter() - started) / 60)
-    return TaskResult(task, rows, comparison.missing, minutes, record, pareto, list(students))
+    return TaskResult(task, rows, comparison.missing, minutes, record, pareto, list(students), defaults_best)
+
+
+def best_was_defaults(result: Any) -> bool | None:
+    """Whether the study's best trial is the student's enqueued defaults (``study.enqueue_defaults``)."""
+    import optuna
+
+    if result.best_trial is None:
+        return None
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == result.best_trial)
+    return trial.user_attrs.get("enqueued") == "defaults"
 
 
 def per_task(spec: str, task: str, student: str | None = None) -> int:
@@ -416,6 +430,12 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
         "Targets:",
         "",
         *targets(results),
+    ]
+    decided = [best for r in results for best in r.defaults_best.values() if best is not None]
+    lines += [
+        "",
+        f"The student's defaults, enqueued as each new study's first trial, were its best trial (on dev) in "
+        f"{sum(decided)} of {len(decided)} studies.",
     ]
     not_run = [
         f"{TASK_LABELS.get(r.task, r.task)}: {', '.join(s for s in STUDENTS if s not in r.students)}"
