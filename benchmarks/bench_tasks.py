@@ -272,14 +272,14 @@ def add_to_ledger(path: Path, task: str, overrides: Sequence[str], minutes: floa
 
 
 def pick_teacher_lr(common: Sequence[str], lrs: Sequence[float]) -> tuple[float, str]:
-    """Fine-tune one teacher per learning rate (each cached) and keep the best on dev; says what it saw."""
-    from studies.config import compose
-    from studies.pipeline import prepare
+    """Fine-tune one teacher per learning rate (each cached) and keep the best on dev; says what it saw.
 
-    seen = {}
-    for lr in lrs:
-        prep = prepare(compose([*common, f"teacher.lr={lr}"]))
-        seen[lr] = prep.teacher_metrics[prep.metric]
+    Only the kept teacher labels the transfer set (``prepare`` later): one labelling pass per sentence.
+    """
+    from studies.config import compose
+    from studies.pipeline import fine_tuned_teacher
+
+    seen = {lr: fine_tuned_teacher(compose([*common, f"teacher.lr={lr}"]))[1] for lr in lrs}
     best = max(seen, key=seen.__getitem__)
     return best, ", ".join(f"lr {lr:g}: dev {score:.4f}" for lr, score in seen.items())
 

@@ -86,6 +86,20 @@ def planned_teacher(cfg: DictConfig) -> str:
     return planned_teacher_key(str(cfg.teacher.name), task, teacher_config(cfg), str(cfg.cache_dir))
 
 
+def fine_tuned_teacher(cfg: DictConfig) -> tuple[Teacher, float]:
+    """The teacher for these settings (fine-tuned once, cached) and its dev score, without labelling anything."""
+    task = load_configured_task(cfg)
+    teacher = get_teacher(
+        str(cfg.teacher.name), task, teacher_config(cfg), Path(str(cfg.cache_dir)), device=device_of(cfg)
+    )
+    scores = teacher.record.get("dev_scores") or {}
+    if task.metric not in scores:
+        raise KDError(
+            f"teacher {teacher.record.get('key')} has no dev {task.metric} on record; set teacher.select_epoch"
+        )
+    return teacher, float(scores[task.metric])
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Load the task, get (or fine-tune) the teacher, get (or build) the transfer cache, score the teacher."""
     task = load_configured_task(cfg)
