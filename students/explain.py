@@ -134,15 +134,20 @@ def sentences(
     return "\n".join(lines)
 
 
-def explain(student: ForestStudent, dev_texts: Sequence[str], sample: int = 20, max_texts: int = 200) -> dict[str, str]:
+def explain(
+    student: ForestStudent, dev_texts: Sequence[str], sample: int = 20, max_texts: int = 200, budget: int = 400
+) -> dict[str, str]:
     """File name → content: global top features, per-sentence contributions, and tree rules if any.
 
-    Contributions are computed on the first ``max_texts`` dev texts only: LightGBM's exact
-    TreeSHAP costs ~15 ms per text and output for 200 trees, which would otherwise rival a
-    trial's training time; 200 texts rank the top n-grams well enough.
+    Contributions are computed on the first ``max_texts`` dev texts only, and on fewer when the
+    student has many outputs (at most ``budget`` text × output pairs, at least ``sample`` texts):
+    LightGBM's exact TreeSHAP costs ~15 ms per text and output for 200 trees, so 200 texts of
+    Sara's 56 intents would take longer than the trial's training; a few hundred pairs rank the
+    top n-grams well enough.
     """
     assert student.featurizer is not None, "fit or load the student first"
-    texts = list(dev_texts)[:max_texts]
+    n_outputs = max(1, len(student.output_names()))
+    texts = list(dev_texts)[: min(max_texts, max(sample, budget // n_outputs))]
     names = np.asarray(student.featurizer.feature_names(), dtype=object)
     x = student.features(texts) if texts else sp.csr_matrix((0, len(names)), dtype=np.float32)
     parts, bias = student.contributions(x) if texts else ([], np.zeros((0, 0)))

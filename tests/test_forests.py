@@ -171,3 +171,18 @@ def test_tree_study_end_to_end_logs_its_explanations(tiny_overrides: list[str]) 
     assert result.n_finished == 1 and result.best_run_id
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.best_run_id, "explanations")}
     assert {"explanations/top_features.md", "explanations/tree_rules.txt"} <= artifacts
+
+
+def test_explanations_cost_at_most_a_budget_of_text_output_pairs(cache: TransferCache) -> None:
+    """Many outputs (Sara's 56 intents) get fewer explained texts, so explaining never dwarfs training."""
+    from students.explain import explain
+
+    student, _ = fitted("lgbm", cache)
+    seen: list[int] = []
+    original = student.contributions
+    student.contributions = lambda x: (seen.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
+    n_outputs = len(student.output_names())
+    explain(student, cache.dev_texts * 10, sample=5, max_texts=200, budget=60)
+    assert seen == [max(5, 60 // n_outputs)]
+    explain(student, cache.dev_texts * 10, sample=5, max_texts=200, budget=10_000)
+    assert seen[-1] == 200  # a large budget leaves max_texts in charge
