@@ -99,11 +99,7 @@ def run_task(
     task: str, students: Sequence[str], args: argparse.Namespace, extra: Sequence[str], out_dir: Path
 ) -> TaskResult:
     """Study every student on ``task`` (topping up), then compare their best configurations on fresh seeds."""
-    from studies.compare import compare
-    from studies.config import compose
-    from studies.run import describe, run_study
-
-    started = time.perf_counter()
+    clock = Stopwatch()
     common = [f"task={task}", f"study.pruner={args.pruner}", "progress=false"]
     size = per_task(args.transfer_size, task)
     if size > 1:  # K× the training sentences: Tang et al.'s augmentation, K − 1 draws per sentence
@@ -114,6 +110,43 @@ def run_task(
     if lrs:
         lr, teacher_choice = pick_teacher_lr(common, lrs)
         common.append(f"teacher.lr={lr}")
+    clock.ledger = (Path(args.ledger), task, list(common))  # from here on, time lands in the ledger as it passes
+    try:
+        return _study_and_compare(task, students, args, common, out_dir, clock, teacher_choice)
+    finally:
+        clock.lap()  # interrupted or failed: the time spent still counts
+
+
+class Stopwatch:
+    """Adds elapsed time to a task setup's ledger entry at each lap, so a killed run loses at most one lap."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.ledger: tuple[Path, str, list[str]] | None = None
+        self.total = 0.0
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        if self.ledger is not None:
+            path, task, overrides = self.ledger
+            self.total = add_to_ledger(path, task, overrides, (now - self.last) / 60)
+            self.last = now
+        return self.total
+
+
+def _study_and_compare(
+    task: str,
+    students: Sequence[str],
+    args: argparse.Namespace,
+    common: list[str],
+    out_dir: Path,
+    clock: Stopwatch,
+    teacher_choice: str,
+) -> TaskResult:
+    from studies.compare import compare
+    from studies.config import compose
+    from studies.run import describe, run_study
+
     defaults_best: dict[str, bool | None] = {}
     for student in students:
         trials, epochs = per_task(args.trials, task, student), per_task(args.epochs, task, student)
@@ -126,6 +159,7 @@ def run_task(
         result = run_study(compose(overrides))
         print(describe(result).splitlines()[1], flush=True)
         defaults_best[student] = best_was_defaults(result)
+        clock.lap()
     listing = "[" + ",".join(students) + "]"
     comparison = compare(
         compose([*common, f"compare.students={listing}", f"compare.seeds={args.seeds}"]), overrides=common
@@ -154,8 +188,7 @@ def run_task(
 
     record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
     record["lr_choice"] = teacher_choice
-    minutes = add_to_ledger(Path(args.ledger), task, common, (time.perf_counter() - started) / 60)
-    return TaskResult(task, rows, comparison.missing, minutes, record, pareto, list(students), defaults_best)
+    return TaskResult(task, rows, comparison.missing, clock.lap(), record, pareto, list(students), defaults_best)
 
 
 def best_was_defaults(result: Any) -> bool | None:
@@ -263,7 +296,6 @@ def add_to_ledger(path: Path, task: str, overrides: Sequence[str], minutes: floa
     ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     entry = ledger.setdefault(f"{task}:{setup}", {"task": task, "overrides": sorted(overrides), "minutes": 0.0})
     entry["minutes"] += minutes
-    entry["invocations"] = entry.get("invocations", 0) + 1
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(ledger, indent=1), encoding="utf-8")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,17 @@ def test_the_default_budget_resolves_for_every_task_and_user_overrides_win() -> 
         assert bench_tasks.per_task(args.trials, task, "bilstm") >= 1
         assert bench_tasks.per_task(args.transfer_size, task) >= 1
     assert bench_tasks.parse(["--no-default-overrides"])[1] == []
+
+
+def test_an_interrupted_task_still_adds_its_time_to_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_tasks, "_study_and_compare", interrupted)
+    args, extra = bench_tasks.parse(["--ledger", str(tmp_path / "ledger.json"), "--teacher-lrs", ""])
+    with pytest.raises(KeyboardInterrupt):
+        bench_tasks.run_task("trec", ["tree"], args, extra, tmp_path)
+    ledger = json.loads((tmp_path / "ledger.json").read_text(encoding="utf-8"))
+    (entry,) = ledger.values()
+    assert entry["task"] == "trec" and entry["minutes"] > 0.05 / 60 * 0.9
