@@ -103,7 +103,7 @@ def test_the_default_budget_resolves_for_every_task_and_user_overrides_win() -> 
     args, extra = bench_tasks.parse(["--", "sara:teacher.epochs=20"])
     assert bench_tasks.task_overrides(extra, "sara") == ["teacher.epochs=20"]  # the default 15 is replaced
     assert bench_tasks.task_overrides(extra, "cola") == ["teacher.epochs=8"]
-    assert "bert" in bench_tasks.task_students(args.students, "trec")
+    assert "bert" in bench_tasks.task_students(args.students, "sara")
     assert "bert" not in bench_tasks.task_students(args.students, "sst2")
     for task in bench_tasks.TASKS:
         assert bench_tasks.per_task(args.trials, task, "bilstm") >= 1
