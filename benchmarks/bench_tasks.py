@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,35 @@ class TaskResult:
     pareto: dict[str, Path]
     students: list[str]
     defaults_best: dict[str, bool | None]  # per student: was the best trial the enqueued defaults (None: no best)
+    budget: str = ""  # what this task was run with, as the table states it
+    command: str = ""  # the command line that made this task's rows
+
+
+def result_to_json(result: TaskResult) -> dict[str, Any]:
+    data = asdict(result)
+    data["pareto"] = {k: str(v) for k, v in result.pareto.items()}
+    return data
+
+
+def result_from_json(data: dict[str, Any]) -> TaskResult:
+    rows = [Row(**{**row, **{k: Stat(**row[k]) for k in ("score", "pct", "agreement")}}) for row in data.pop("rows")]
+    pareto = {k: Path(v) for k, v in data.pop("pareto").items()}
+    return TaskResult(rows=rows, pareto=pareto, **data)
+
+
+def merge_results(path: Path, new: Sequence[TaskResult]) -> list[TaskResult]:
+    """Tasks run now replace their entry in ``path`` (JSON); the others are kept: the table grows task by task.
+
+    So each task can be (re)run on its own, even in parallel sittings, and the one table still
+    holds every task, each with the command that made it.
+    """
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    stored.update({r.task: result_to_json(r) for r in new})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stored, indent=1, default=float), encoding="utf-8")
+    tmp.replace(path)
+    order = {t: i for i, t in enumerate(TASKS)}
+    return sorted((result_from_json(dict(v)) for v in stored.values()), key=lambda r: order.get(r.task, len(order)))
 
 
 def _stat(cell: Any) -> Stat:
@@ -189,7 +218,20 @@ def _study_and_compare(
 
     record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
     record["lr_choice"] = teacher_choice
-    return TaskResult(task, rows, comparison.missing, clock.lap(), record, pareto, list(students), defaults_best)
+    return TaskResult(
+        task, rows, comparison.missing, clock.lap(), record, pareto, list(students), defaults_best,
+        budget=describe_budget(args, common), command=" ".join(["python -m benchmarks.bench_tasks", *sys.argv[1:]]),
+    )  # fmt: skip
+
+
+def describe_budget(args: argparse.Namespace, common: Sequence[str]) -> str:
+    overrides = [o for o in common if not o.startswith(("task=", "study.pruner=", "progress="))]
+    return (
+        f"trials per student `{args.trials}`, neural students' epochs `{args.epochs}` (0 = searched; early "
+        f"stopping on dev), transfer set `{args.transfer_size}`× the training sentences (a `task=` or `student=` "
+        f"item sets that one's value); pruner {args.pruner}, the student's defaults tried first; {args.seeds} "
+        "fresh seeds per best configuration" + (f"; this task's overrides `{' '.join(overrides)}`" if overrides else "")
+    )
 
 
 def best_was_defaults(result: Any) -> bool | None:
@@ -431,16 +473,9 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
     return lines
 
 
-def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Sequence[str]) -> str:
-    command = " ".join(["python -m benchmarks.bench_tasks", *sys.argv[1:]])
-    budget = (
-        f"trials per student `{args.trials}`, neural students' epochs `{args.epochs}` (0 = searched; early "
-        f"stopping on dev), transfer set `{args.transfer_size}`× the training sentences (a `task=` or `student=` "
-        f"item sets that one's value); pruner {args.pruner}, the student's defaults tried first; {args.seeds} "
-        "fresh seeds per best configuration" + (f"; overrides `{' '.join(extra)}`" if extra else "")
-    )
+def render(results: Sequence[TaskResult]) -> str:
     lines = [
-        f"Budget: {budget}. Test split; every choice made on dev. Cells: mean ± sd over seeds.",
+        "Test split; every choice made on dev. Cells: mean ± sd over fresh seeds.",
         "",
         score_table(results),
         "",
@@ -480,7 +515,9 @@ def render(results: Sequence[TaskResult], args: argparse.Namespace, extra: Seque
     missing = [f"- {r.task}: {k} ({v})" for r in results for k, v in sorted(r.missing.items())]
     if missing:
         lines += ["", "Not compared:", "", *missing]
-    lines += ["", f"Made by `{command}`."]
+    lines += ["", "Budget and command per task:", ""]
+    for r in results:
+        lines.append(f"- {TASK_LABELS.get(r.task, r.task)}: {r.budget}. Made by `{r.command}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -550,8 +587,9 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
     results = []
     for task in tasks:
         results.append(run_task(task, task_students(args.students, task), args, extra, out.parent))
-        out.write_text(render(results, args, extra), encoding="utf-8")  # after each task: nothing lost
-        write_csv(results, out.with_suffix(".csv"))
+        table = merge_results(out.with_suffix(".json"), results[-1:])  # after each task: nothing lost
+        out.write_text(render(table), encoding="utf-8")
+        write_csv(table, out.with_suffix(".csv"))
     print(out.read_text(encoding="utf-8"))
     print(f"written to {out} and {out.with_suffix('.csv')}")
     return results

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import bench_tasks
 from benchmarks.readme import fill
+from studies.report import Stat
 
 
 def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], tmp_path: Path) -> None:
@@ -123,3 +124,23 @@ def test_an_interrupted_task_still_adds_its_time_to_the_ledger(tmp_path: Path, m
     ledger = json.loads((tmp_path / "ledger.json").read_text(encoding="utf-8"))
     (entry,) = ledger.values()
     assert entry["task"] == "trec" and entry["minutes"] > 0.05 / 60 * 0.9
+
+
+def _result(task: str, score: float) -> bench_tasks.TaskResult:
+    stat = Stat(score, 0.01, 3)
+    row = bench_tasks.Row(task, "bilstm", "test_accuracy", stat, Stat(95.0, 1.0, 3), stat, 1e6, 1e5, 9.5, 12.0)
+    return bench_tasks.TaskResult(
+        task, [row], {}, 3.0, {"chosen_epoch": 2.0}, {"png": Path("p.png")}, ["bilstm"], {"bilstm": True},
+        budget="b", command=f"python -m benchmarks.bench_tasks --tasks {task}",
+    )  # fmt: skip
+
+
+def test_the_table_grows_task_by_task(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    bench_tasks.merge_results(path, [_result("trec", 0.9)])
+    table = bench_tasks.merge_results(path, [_result("sst2", 0.8)])
+    assert [r.task for r in table] == ["sst2", "trec"]  # every task kept, in the table's order
+    table = bench_tasks.merge_results(path, [_result("trec", 0.95)])  # a rerun replaces its own task only
+    assert [(r.task, r.rows[0].score.mean) for r in table] == [("sst2", 0.8), ("trec", 0.95)]
+    text = bench_tasks.render(table)
+    assert "Made by `python -m benchmarks.bench_tasks --tasks sst2`" in text and "--tasks trec`" in text
