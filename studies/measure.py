@@ -45,14 +45,19 @@ def shares(metrics: dict[str, float], teacher: dict[str, float], metric: str) ->
 
 
 def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1) -> dict[str, float]:
-    """Student and teacher latency at ``batch_size``, in alternating blocks of the same dev texts."""
+    """Student and teacher latency at ``batch_size``, in alternating blocks of the same dev texts.
+
+    ``tracking.latency_samples`` counts texts, not calls: a call on a batch of 64 already averages
+    over its texts, so larger batches get fewer calls per block (at least one per round, one
+    warm-up). Otherwise timing the teacher at batch 64 took minutes per model on this CPU.
+    """
     samples = max(LATENCY_ROUNDS, int(prep.cfg.tracking.latency_samples))
     timed = side_by_side_latency(
         {"teacher": prep.teacher.predict_logits, "student": student.predict_logits},
         prep.task.dev.texts,
         rounds=LATENCY_ROUNDS,
-        block=max(1, samples // LATENCY_ROUNDS),
-        warmup=2,
+        block=max(1, samples // (LATENCY_ROUNDS * batch_size)),
+        warmup=2 if batch_size == 1 else 1,
         batch_size=batch_size,
     )
     suffix = f"b{batch_size}"
