@@ -92,7 +92,7 @@ class TaskResult:
 
 def result_to_json(result: TaskResult) -> dict[str, Any]:
     data = asdict(result)
-    data["pareto"] = {k: str(v) for k, v in result.pareto.items()}
+    data["pareto"] = {k: Path(v).name for k, v in result.pareto.items()}  # beside the table: no machine's paths
     return data
 
 
