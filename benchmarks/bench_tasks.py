@@ -108,11 +108,14 @@ def merge_results(path: Path, new: Sequence[TaskResult]) -> list[TaskResult]:
     So each task can be (re)run on its own, even in parallel sittings, and the one table still
     holds every task, each with the command that made it.
     """
-    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    stored.update({r.task: result_to_json(r) for r in new})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored, indent=1, default=float), encoding="utf-8")
-    tmp.replace(path)
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):  # tasks finishing at once in parallel sittings keep each other's rows
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        stored.update({r.task: result_to_json(r) for r in new})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=1, default=float), encoding="utf-8")
+        tmp.replace(path)
     order = {t: i for i, t in enumerate(TASKS)}
     return sorted((result_from_json(dict(v)) for v in stored.values()), key=lambda r: order.get(r.task, len(order)))
 
@@ -335,11 +338,18 @@ def add_to_ledger(path: Path, task: str, overrides: Sequence[str], minutes: floa
     The setup is the task's overrides, so the students studied and seeds run under it over several
     sittings add up; a different teacher or transfer set starts a new total.
     """
+    from filelock import FileLock
+
     setup = hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:12]
-    ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    entry = ledger.setdefault(f"{task}:{setup}", {"task": task, "overrides": sorted(overrides), "minutes": 0.0})
-    entry["minutes"] += minutes
     path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # parallel sittings of one task must not drop each other's minutes
+        return _add_minutes(path, task, setup, sorted(overrides), minutes)
+
+
+def _add_minutes(path: Path, task: str, setup: str, overrides: list[str], minutes: float) -> float:
+    ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    entry = ledger.setdefault(f"{task}:{setup}", {"task": task, "overrides": overrides, "minutes": 0.0})
+    entry["minutes"] += minutes
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(ledger, indent=1), encoding="utf-8")
     tmp.replace(path)

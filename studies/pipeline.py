@@ -86,12 +86,17 @@ def planned_teacher(cfg: DictConfig) -> str:
     return planned_teacher_key(str(cfg.teacher.name), task, teacher_config(cfg), str(cfg.cache_dir))
 
 
+def _teacher(cfg: DictConfig, task: Task) -> Teacher:
+    """The fine-tuned teacher for these settings: from the cache, or fine-tuned once and cached."""
+    return get_teacher(
+        str(cfg.teacher.name), task, teacher_config(cfg), Path(str(cfg.cache_dir)), device=device_of(cfg)
+    )
+
+
 def fine_tuned_teacher(cfg: DictConfig) -> tuple[Teacher, float]:
     """The teacher for these settings (fine-tuned once, cached) and its dev score, without labelling anything."""
     task = load_configured_task(cfg)
-    teacher = get_teacher(
-        str(cfg.teacher.name), task, teacher_config(cfg), Path(str(cfg.cache_dir)), device=device_of(cfg)
-    )
+    teacher = _teacher(cfg, task)
     scores = teacher.record.get("dev_scores") or {}
     if task.metric not in scores:
         raise KDError(
@@ -104,8 +109,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     """Load the task, get (or fine-tune) the teacher, get (or build) the transfer cache, score the teacher."""
     task = load_configured_task(cfg)
     cache_root = Path(str(cfg.cache_dir))
-    teacher_cfg = teacher_config(cfg)
-    teacher = get_teacher(str(cfg.teacher.name), task, teacher_cfg, cache_root, device=device_of(cfg))
+    teacher = _teacher(cfg, task)
     limit = cfg.transfer.get("train_limit")
     transfer_task = replace(task, train=task.train.limit(int(limit))) if limit else task
     cache = get_or_build_cache(
