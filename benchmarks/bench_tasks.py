@@ -47,13 +47,13 @@ TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
 # The budget that fits one sitting of a 2-core CPU and what paid on dev (README, "The results table"):
 # a 4x augmented transfer set (benchmarks/bench_transfer_size) and 10 epochs with early stopping for
 # the small tasks; SST-2 (60K sentences) keeps its 1x set, the default study's searched epochs and
-# one trial (the student's defaults); the transformer students get 2 epochs and one trial, on Sara only
-# (the smallest transfer set: a BERT student costs about a teacher fine-tune per epoch);
+# one trial (the student's defaults); the transformer students get 2 epochs and one trial, on every task
+# but SST-2 (a BERT student costs about a teacher fine-tune per epoch: hours on SST-2's 60K sentences);
 # Sara's and CoLA's teachers need more epochs than the default 2 and a learning rate picked on dev.
 DEFAULTS: dict[str, Any] = {
-    "students": "bilstm,cnn,lgbm,forest,tree,sara=bert,sara=chain",
+    "students": "bilstm,cnn,lgbm,forest,tree,cola=bert,cola=chain,trec=bert,trec=chain,sara=bert,sara=chain",
     "trials": "3,sst2=1,bert=1,chain=1",
-    "epochs": "10,sst2=0,bert=2,chain=2",
+    "epochs": "10,sst2=0,bert=2",  # a chain's links get their own type's epochs (epoch_overrides)
     "transfer_size": "4,sst2=1",
     "teacher_lrs": "sara=1e-4,sara=2e-4,cola=1e-4,cola=2e-4",
     "overrides": ("sara:teacher.epochs=15", "cola:teacher.epochs=8"),
@@ -182,10 +182,9 @@ def _study_and_compare(
 
     defaults_best: dict[str, bool | None] = {}
     for student in students:
-        trials, epochs = per_task(args.trials, task, student), per_task(args.epochs, task, student)
+        trials = per_task(args.trials, task, student)
         overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
-        if epochs and student in NEURAL:
-            overrides.append(f"student.hparams.epochs={epochs}")
+        overrides += epoch_overrides(args.epochs, task, student, common)
         if args.min_speedup and student == "bilstm":
             overrides.append(f"study.min_speedup={args.min_speedup}")
         print(f"[{task}] study of {student}: {trials} trials", flush=True)
@@ -248,11 +247,8 @@ def best_was_defaults(result: Any) -> bool | None:
     return trial.user_attrs.get("enqueued") == "defaults"
 
 
-def per_task(spec: str, task: str, student: str | None = None) -> int:
-    """A budget argument: ``"3"`` for everything, ``"3,sst2=1"`` (1 on SST-2), ``"10,bert=2"`` (2 for bert).
-
-    The most specific item wins: a student's, then a task's, then the plain number.
-    """
+def budget_items(spec: str) -> dict[str, int]:
+    """``"10,sst2=0,bert=2"`` as ``{"": 10, "sst2": 0, "bert": 2}``; a bad item stops the run before any work."""
     from studies.config import group_options
 
     values: dict[str, int] = {}
@@ -263,10 +259,42 @@ def per_task(spec: str, task: str, student: str | None = None) -> int:
         if not number.isdigit():
             raise SystemExit(f"budget {spec!r}: {item!r} is not a whole number (expected e.g. 3 or 3,sst2=1)")
         values[name] = int(number)
+    return values
+
+
+def per_task(spec: str, task: str, student: str | None = None) -> int:
+    """A budget argument: ``"3"`` for everything, ``"3,sst2=1"`` (1 on SST-2), ``"10,bert=2"`` (2 for bert).
+
+    The most specific item wins: a student's, then a task's, then the plain number.
+    """
+    values = budget_items(spec)
     for name in (student, task, ""):
         if name is not None and name in values:
             return values[name]
     raise SystemExit(f"budget {spec!r} has no value for {task} (add a plain number for every other task)")
+
+
+def epoch_overrides(spec: str, task: str, student: str, common: Sequence[str]) -> list[str]:
+    """The ``--epochs`` budget as Hydra overrides for one student (none: the study searches epochs).
+
+    A chain's links each get their own type's budget (a BERT assistant the transformer's 2 epochs,
+    the BiLSTM after it the task's 10), unless the budget names ``chain`` itself: then every link gets that.
+    """
+    if student not in NEURAL:
+        return []
+    if student != "chain" or "chain" in budget_items(spec):
+        epochs = per_task(spec, task, student)
+        return [f"student.hparams.epochs={epochs}"] if epochs else []
+    from studies.config import compose
+
+    links = compose([*common, "student=chain"]).student.links
+    from students.chain import parse_links
+
+    return [
+        f"student.hparams.link{i}.epochs={epochs}"
+        for i, link in enumerate(parse_links(list(links)))
+        if link in NEURAL and (epochs := per_task(spec, task, link))
+    ]
 
 
 def task_students(spec: str, task: str) -> list[str]:

@@ -83,6 +83,25 @@ def test_budgets_can_differ_per_task() -> None:
         bench_tasks.per_task("three", "trec")
 
 
+def test_a_chains_links_get_their_own_types_epochs() -> None:
+    common = ["task=sara"]
+    assert bench_tasks.epoch_overrides("10,bert=2", "sara", "chain", common) == [
+        "student.hparams.link0.epochs=2",  # the BERT assistant: the transformer budget
+        "student.hparams.link1.epochs=10",  # the BiLSTM it teaches: the task's
+    ]
+    assert bench_tasks.epoch_overrides("10,sara=0,bert=2", "sara", "chain", common) == [
+        "student.hparams.link0.epochs=2"  # 0: the BiLSTM link's epochs are searched
+    ]
+    assert bench_tasks.epoch_overrides("10,bert=2,chain=3", "sara", "chain", common) == ["student.hparams.epochs=3"]
+    links = [*common, "student.links=[bilstm,cnn]"]
+    assert bench_tasks.epoch_overrides("10,bilstm=4", "sara", "chain", links) == [
+        "student.hparams.link0.epochs=4",
+        "student.hparams.link1.epochs=10",
+    ]
+    assert bench_tasks.epoch_overrides("10,bert=2", "sara", "bert", common) == ["student.hparams.epochs=2"]
+    assert bench_tasks.epoch_overrides("10", "sara", "lgbm", common) == []
+
+
 def test_teacher_learning_rates_can_be_chosen_per_task() -> None:
     assert bench_tasks.teacher_lrs("5e-5,1e-4", "trec") == [5e-5, 1e-4]
     assert bench_tasks.teacher_lrs("sara=1e-4,sara=2e-4", "sara") == [1e-4, 2e-4]
