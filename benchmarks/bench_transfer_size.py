@@ -146,6 +146,24 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def trend_lines(table: Sequence[dict[str, Any]]) -> list[str]:
+    """One computed sentence per task: the share at the smallest and largest size, and the size dev prefers.
+
+    The size a table should use is chosen on dev (the "% of teacher (dev)" column), never on test.
+    """
+    lines = []
+    for task in sorted({r["task"] for r in table}):
+        rows = sorted((r for r in table if r["task"] == task), key=lambda r: r["size"])
+        first, last = rows[0], rows[-1]
+        best = max(rows, key=lambda r: r["dev_share_mean"])
+        lines.append(
+            f"- {task}: {first['share_mean']:.1f} ± {first['share_sd']:.1f} % of the teacher on test at "
+            f"{first['size']}×, {last['share_mean']:.1f} ± {last['share_sd']:.1f} % at {last['size']}×; "
+            f"the size with the best dev share: {best['size']}× ({best['dev_share_mean']:.1f} %)."
+        )
+    return lines
+
+
 def write_outputs(table: Sequence[dict[str, Any]], out_dir: Path, command: str) -> dict[str, Path]:
     from studies.report import curves_png
 
@@ -161,7 +179,7 @@ def write_outputs(table: Sequence[dict[str, Any]], out_dir: Path, command: str) 
             f"| {r['dev_share_mean']:.1f} | {r['train_seconds']:.0f} |"
         )
     metric = table[0]["metric"] if table else ""
-    lines += ["", f"Made by `{command}`; `{metric}` on test, mean ± sd over seeds."]
+    lines += ["", f"Made by `{command}`; `{metric}` on test, mean ± sd over seeds.", "", *trend_lines(table)]
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path_csv = out_dir / "transfer_size.csv"
     with path_csv.open("w", newline="", encoding="utf-8") as handle:

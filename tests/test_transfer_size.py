@@ -61,3 +61,13 @@ def test_size_one_is_exactly_the_training_split(tiny_overrides: list[str]) -> No
     assert [prep.cache.texts[i] for i in rows] == list(prep.task.train.texts)
     two = bench_transfer_size.subset_rows(replace(prep), 2)
     assert len(two) == len(prep.cache)
+
+
+def test_the_trend_line_names_the_size_dev_prefers_not_test() -> None:
+    def row(size: int, test: float, dev: float) -> dict:
+        return {"task": "cola", "size": size, "share_mean": test, "share_sd": 0.5, "dev_share_mean": dev}
+
+    table = [row(4, 40.0, 60.0), row(1, 28.0, 39.0), row(8, 45.0, 55.0)]
+    (line,) = bench_transfer_size.trend_lines(table)
+    assert "28.0 ± 0.5 % of the teacher on test at 1×, 45.0 ± 0.5 % at 8×" in line
+    assert line.endswith("the size with the best dev share: 4× (60.0 %).")  # not 8×, the best on test
