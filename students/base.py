@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -101,6 +101,14 @@ class Student(ABC):
     def default_hparams(cls) -> dict[str, Any]:
         """Values used for any hyper-parameter not given (and not searched)."""
         return {}
+
+    @classmethod
+    def searched_defaults(cls, fixed: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults under the names ``search_space`` gives them: a study's known-good first trial.
+
+        The same as ``default_hparams`` unless the space renames parameters (a chain's ``link0.lr``).
+        """
+        return cls.default_hparams()
 
     @classmethod
     @abstractmethod

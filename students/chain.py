@@ -15,7 +15,7 @@ space is each link's own, with parameter names prefixed ``link0.``, ``link1.``, 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,15 @@ class ChainStudent(Student):
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
         return {"links": ["bert", "bilstm"]}
+
+    @classmethod
+    def searched_defaults(cls, fixed: Mapping[str, Any]) -> dict[str, Any]:
+        """Each link type's defaults as ``link<i>.<name>`` (the search space's names), for the links in use."""
+        links = parse_links(fixed.get("links") or cls.default_hparams()["links"])
+        values: dict[str, Any] = {"links": ",".join(links)}
+        for i, name in enumerate(links):
+            values |= {f"link{i}.{k}": v for k, v in get_student_class(name).searched_defaults({}).items()}
+        return values
 
     @classmethod
     def unknown_hparams(cls, names: Sequence[str]) -> list[str]:

@@ -81,7 +81,7 @@ def enqueue_defaults(study: optuna.Study, student_cls: Any, fixed: dict[str, Any
     """
     if study.get_trials(deepcopy=False):
         return False
-    defaults = student_cls.default_hparams()
+    defaults = student_cls.searched_defaults(fixed)
     params: dict[str, Any] = {}
     for name, spec in recorded_space(student_cls, extras, fixed).items():
         if name not in defaults:

@@ -36,6 +36,22 @@ def test_first_trial_of_a_new_study_is_the_students_defaults() -> None:
     assert not search_policy.enqueue_defaults(study, bilstm, fixed={}, extras=())
 
 
+def test_a_chains_first_trial_is_each_links_defaults() -> None:
+    """The chain's space names parameters link0.*, link1.*: its first trial still gets every link's defaults."""
+    from students.search_space import sample_hparams
+
+    chain = get_student_class("chain")
+    fixed = {"links": ["bert", "bilstm"], "link0": {"epochs": 2}}
+    study = optuna.create_study(direction="maximize")
+    assert search_policy.enqueue_defaults(study, chain, fixed=fixed, extras=())
+    hparams = sample_hparams(chain, study.ask(), fixed, ())
+    for i, link in enumerate(["bert", "bilstm"]):
+        defaults = get_student_class(link).default_hparams()
+        searched = {k.removeprefix(f"link{i}."): v for k, v in hparams.items() if k.startswith(f"link{i}.")}
+        assert searched and all(searched[k] == defaults[k] for k in searched), link
+    assert hparams["link0.init"] == "teacher" and hparams["link0"] == {"epochs": 2}
+
+
 def test_hyperband_stops_poor_configurations_early() -> None:
     """Successive halving over epochs: bad configurations get fewer epochs than good ones."""
     study = optuna.create_study(
