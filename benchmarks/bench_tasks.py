@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -633,7 +634,14 @@ def main(argv: Sequence[str]) -> list[TaskResult]:
     return results
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # A background job (nohup … &) ignores Ctrl-C's SIGINT and is stopped with SIGTERM: make that an
+    # interruption too, so the wall-time ledger records the time spent since its last lap.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt:
