@@ -163,3 +163,14 @@ def test_the_table_grows_task_by_task(tmp_path: Path) -> None:
     assert [(r.task, r.rows[0].score.mean) for r in table] == [("sst2", 0.8), ("trec", 0.95)]
     text = bench_tasks.render(table)
     assert "Made by `python -m benchmarks.bench_tasks --tasks sst2`" in text and "--tasks trec`" in text
+
+
+def test_the_chain_counts_as_the_bilstm_it_deploys_and_bert_as_a_transformer() -> None:
+    def row(model: str, pct: float) -> bench_tasks.Row:
+        stat = Stat(0.9, 0.01, 3)
+        return bench_tasks.Row("trec", model, "test_accuracy", stat, Stat(pct, 0.5, 3), stat, 1e6, 1e5, 10.0, 1.0)
+
+    result = _result("trec", 0.9)
+    result.rows = [row("teacher", 100.0), row("bilstm", 92.0), row("bert", 99.5), row("chain", 97.5)]
+    (line,) = bench_tasks.targets([result])
+    assert line == "- TREC best non-transformer student ≥ 97 %: chain 97.5 % → **met**"
