@@ -523,7 +523,7 @@ def render(results: Sequence[TaskResult]) -> str:
         "Wall time per task on this machine (teacher, labelling, studies and seed retrains, added up over every "
         "sitting that built this setup; reruns reuse what is stored): "
         + ", ".join(f"{TASK_LABELS.get(r.task, r.task)} {r.minutes:.0f} min" for r in results)
-        + ".",
+        + f"; {sum(r.minutes for r in results) / 60:.1f} h in all.",
         "",
         "Teacher recipe per task (epoch chosen on dev): "
         + "; ".join(
