@@ -638,11 +638,20 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
-    # A background job (nohup … &) ignores Ctrl-C's SIGINT and is stopped with SIGTERM: make that an
-    # interruption too, so the wall-time ledger records the time spent since its last lap.
-    signal.signal(signal.SIGTERM, _interrupt)
+def cli(argv: Sequence[str]) -> None:
+    """``main`` as a command: Ctrl-C or SIGTERM stop it cleanly, with the ledger's time recorded.
+
+    A background job (``nohup … &``) ignores Ctrl-C's SIGINT and is stopped with SIGTERM, so that
+    is an interruption too: the ``finally`` in ``run_task`` adds the time since the last lap.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        main(sys.argv[1:])
+        main(argv)
     except KeyboardInterrupt:
         sys.exit("interrupted: what finished is stored; the same command resumes from there")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

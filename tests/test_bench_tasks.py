@@ -174,3 +174,28 @@ def test_the_chain_counts_as_the_bilstm_it_deploys_and_bert_as_a_transformer() -
     result.rows = [row("teacher", 100.0), row("bilstm", 92.0), row("bert", 99.5), row("chain", 97.5)]
     (line,) = bench_tasks.targets([result])
     assert line == "- TREC best non-transformer student ≥ 97 %: chain 97.5 % → **met**"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_its_time_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Background jobs ignore SIGINT and get SIGTERM: the lap in ``run_task``'s finally must still run."""
+    import os
+    import signal
+
+    ledger = tmp_path / "ledger.json"
+
+    def stopped_mid_task(argv: list[str]) -> None:
+        clock = bench_tasks.Stopwatch()
+        clock.ledger = (ledger, "trec", ["task=trec"])
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted long before this ends
+        finally:
+            clock.lap()
+
+    monkeypatch.setattr(bench_tasks, "main", stopped_mid_task)
+    with pytest.raises(SystemExit, match="the same command resumes"):
+        bench_tasks.cli([])
+    assert json.loads(ledger.read_text())  # the interrupted sitting's minutes are in the ledger
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the command
