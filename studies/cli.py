@@ -17,11 +17,24 @@ from transfer.errors import KDError
 NOISY_LOGGERS = ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock", "matplotlib")
 
 
+class NoTracebackOnInterrupt(logging.Filter):
+    """Ctrl-C is the user's choice, not a crash: keep Optuna's "trial failed" line, drop its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for our own progress bars and messages, not library chatter."""
     import warnings
 
     import optuna
+
+    failed_trials = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
+    if not any(isinstance(f, NoTracebackOnInterrupt) for f in failed_trials.filters):
+        failed_trials.addFilter(NoTracebackOnInterrupt())
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
