@@ -45,7 +45,7 @@ NEURAL = {"bilstm", "cnn", "bert", "chain"}
 DEPLOYED_TRANSFORMERS = {"bert"}  # the chain deploys its last link (a BiLSTM); only its assistant is a BERT
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
 
-# The budget that fits one sitting of a 2-core CPU and what paid on dev (README, "The results table"):
+# The budget that fits this 2-core CPU (README, "The results table"; the whole run takes several sittings):
 # a 4x augmented transfer set (benchmarks/bench_transfer_size) and 10 epochs with early stopping for
 # the small tasks; SST-2 (60K sentences) keeps its 1x set, the default study's searched epochs and
 # one trial (the student's defaults); the transformer students get 2 epochs and one trial, on every task
@@ -286,11 +286,10 @@ def epoch_overrides(spec: str, task: str, student: str, common: Sequence[str]) -
     if student != "chain" or "chain" in budget_items(spec):
         epochs = per_task(spec, task, student)
         return [f"student.hparams.epochs={epochs}"] if epochs else []
+    from students.chain import parse_links
     from studies.config import compose
 
     links = compose([*common, "student=chain"]).student.links
-    from students.chain import parse_links
-
     return [
         f"student.hparams.link{i}.epochs={epochs}"
         for i, link in enumerate(parse_links(list(links)))
