@@ -45,8 +45,26 @@ def test_task_prefixed_overrides_apply_to_their_task_only() -> None:
     sst2 = bench_tasks.task_overrides(extra, "sst2")
     merged = bench_tasks.merge_overrides(["task=sst2", "transfer.augment.n=3"], sst2)
     assert merged == ["task=sst2", "seed=1", "transfer.augment.n=0", "tracking.uri=http://h:5000"]
-    with pytest.raises(SystemExit, match="unknown task 'sst3'"):
+    with pytest.raises(SystemExit, match="unknown scope 'sst3'"):
         bench_tasks.task_overrides(["sst3:seed=1"], "sst2")
+
+
+def test_student_scoped_overrides_reach_that_students_study_only() -> None:
+    extra = ["seed=1", "sst2.bert:student.hparams.num_layers=1", "bert:student.hparams.dropout=0", "cola:seed=2"]
+    assert bench_tasks.task_overrides(extra, "sst2") == ["seed=1"]  # the setup every student shares
+    assert bench_tasks.task_overrides(extra, "cola") == ["seed=2"]
+    assert bench_tasks.student_overrides(extra, "sst2", "bert") == [
+        "student.hparams.num_layers=1",
+        "student.hparams.dropout=0",
+    ]
+    assert bench_tasks.student_overrides(extra, "trec", "bert") == ["student.hparams.dropout=0"]
+    assert bench_tasks.student_overrides(extra, "sst2", "bilstm") == []
+    with pytest.raises(SystemExit, match=r"unknown scope 'sst2\.bort'"):
+        bench_tasks.student_overrides(["sst2.bort:seed=1"], "sst2", "bert")
+    args, _ = bench_tasks.parse([])
+    assert "fixed per student: bert: `student.hparams.num_layers=1`" in bench_tasks.describe_budget(
+        args, ["task=sst2"], {"bert": ["student.hparams.num_layers=1"], "cnn": []}
+    )
 
 
 def test_ledger_adds_up_sittings_per_task_setup(tmp_path: Path) -> None:
@@ -123,8 +141,9 @@ def test_the_default_budget_resolves_for_every_task_and_user_overrides_win() -> 
     args, extra = bench_tasks.parse(["--", "sara:teacher.epochs=20"])
     assert bench_tasks.task_overrides(extra, "sara") == ["teacher.epochs=20"]  # the default 15 is replaced
     assert bench_tasks.task_overrides(extra, "cola") == ["teacher.epochs=8"]
-    assert "bert" in bench_tasks.task_students(args.students, "sara")
-    assert "bert" not in bench_tasks.task_students(args.students, "sst2")
+    assert all(set(bench_tasks.task_students(args.students, t)) == set(bench_tasks.STUDENTS) for t in bench_tasks.TASKS)
+    assert bench_tasks.student_overrides(extra, "sst2", "bert") == ["student.hparams.num_layers=1"]  # ≤ 1/4 bound
+    assert bench_tasks.student_overrides(extra, "sara", "bert") == []
     for task in bench_tasks.TASKS:
         assert bench_tasks.per_task(args.trials, task, "bilstm") >= 1
         assert bench_tasks.per_task(args.transfer_size, task) >= 1
@@ -145,13 +164,55 @@ def test_an_interrupted_task_still_adds_its_time_to_the_ledger(tmp_path: Path, m
     assert entry["task"] == "trec" and entry["minutes"] > 0.05 / 60 * 0.9
 
 
-def _result(task: str, score: float) -> bench_tasks.TaskResult:
+def _row(task: str, model: str, score: float, speedup: float = 9.5) -> bench_tasks.Row:
     stat = Stat(score, 0.01, 3)
-    row = bench_tasks.Row(task, "bilstm", "test_accuracy", stat, Stat(95.0, 1.0, 3), stat, 1e6, 1e5, 9.5, 12.0)
+    return bench_tasks.Row(task, model, "test_accuracy", stat, Stat(95.0, 1.0, 3), stat, 1e6, 1e5, speedup, 12.0)
+
+
+def _result(task: str, score: float) -> bench_tasks.TaskResult:
     return bench_tasks.TaskResult(
-        task, [row], {}, 3.0, {"chosen_epoch": 2.0}, {"png": Path("p.png")}, ["bilstm"], {"bilstm": True},
-        budget="b", command=f"python -m benchmarks.bench_tasks --tasks {task}",
+        task, [_row(task, "bilstm", score)], {}, 3.0, {"chosen_epoch": 2.0}, {"png": Path("p.png")}, ["bilstm"],
+        {"bilstm": True}, budget="b", command=f"python -m benchmarks.bench_tasks --tasks {task}",
     )  # fmt: skip
+
+
+def _run(students: list[str], teacher_dev: float, command: str) -> bench_tasks.TaskResult:
+    rows = [_row("sst2", "teacher (minilm)", 0.9, 1.0), *(_row("sst2", s, 0.85) for s in students)]
+    record = {"key": "t1", "dev_scores": {"accuracy": teacher_dev}, "epochs_scored": []}
+    return bench_tasks.TaskResult(
+        "sst2", rows, {}, 5.0, record, {}, students, dict.fromkeys(students, True), budget=f"budget of {command}",
+        command=command, setup=["task=sst2"],
+    )  # fmt: skip
+
+
+def test_a_run_of_some_students_joins_the_stored_rows_only_against_the_same_teacher(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    bench_tasks.merge_results(path, [_run(["bilstm", "cnn"], 0.93, "first")])
+    (table,) = bench_tasks.merge_results(path, [_run(["bert"], 0.93, "second")])
+    assert [r.model for r in table.rows] == ["teacher (minilm)", "bilstm", "cnn", "bert"]
+    assert table.students == ["bilstm", "cnn", "bert"] and table.defaults_best == dict.fromkeys(table.students, True)
+    assert table.earlier == [{"models": ["bilstm", "cnn"], "budget": "budget of first", "command": "first"}]
+    text = bench_tasks.render([table])
+    assert "- SST-2 (bilstm, cnn): budget of first. Made by `first`." in text
+    assert "- SST-2 (bert): budget of second. Made by `second`." in text
+    # a rerun of bilstm: its row is replaced, and cnn's stays with the first run
+    (table,) = bench_tasks.merge_results(path, [_run(["bilstm"], 0.93, "third")])
+    assert [r.model for r in table.rows] == ["teacher (minilm)", "bilstm", "cnn", "bert"]
+    assert [(e["models"], e["command"]) for e in table.earlier] == [(["cnn"], "first"), (["bert"], "second")]
+    # another teacher (here: another dev score) cannot share the column: the new run stands alone
+    (table,) = bench_tasks.merge_results(path, [_run(["bert"], 0.94, "fourth")])
+    assert [r.model for r in table.rows] == ["teacher (minilm)", "bert"] and table.earlier == []
+
+
+def test_the_pareto_plot_is_drawn_from_the_tables_rows(tmp_path: Path) -> None:
+    result = _run(["bilstm", "cnn"], 0.93, "first")
+    files = bench_tasks.draw_pareto(result, tmp_path)
+    assert files["png"].stat().st_size > 10_000 and "bilstm" in files["html"].read_text(encoding="utf-8")
+
+
+def test_the_ledger_lives_beside_the_table(tmp_path: Path) -> None:
+    args, _ = bench_tasks.parse(["--out", str(tmp_path / "t" / "tasks.md")])
+    assert Path(args.ledger) == tmp_path / "t" / "tasks_minutes.json"
 
 
 def test_the_table_grows_task_by_task(tmp_path: Path) -> None:
