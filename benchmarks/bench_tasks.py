@@ -12,11 +12,13 @@ beside the teacher. Everything lands in the usual stores (``mlruns/``), so an in
 resumes where it stopped: studies top up, finished seed runs are reused, the teacher and its
 cache are never recomputed.
 
-Writes ``benchmarks/results/tasks.md`` and ``tasks.csv`` (the README includes the Markdown with
-``python -m benchmarks.readme``), a Pareto plot per task (PNG + HTML, also logged to MLflow by
-the comparison run), and the wall time each task took: a ledger under ``mlruns/`` adds up every
-invocation that worked on the same task setup, so a table built over several sittings reports
-its whole cost, not the last (mostly reused) sitting's.
+Writes ``benchmarks/results/tasks.md``, ``tasks.csv`` and ``tasks.json`` (the README includes the
+Markdown with ``python -m benchmarks.readme``), a Pareto plot per task drawn from the table's rows
+(PNG + HTML; each comparison run also logs its own to MLflow), and the wall time each task took:
+a ledger committed beside the table (``tasks_minutes.json``) adds up every invocation that worked
+on the same task setup, so a table built over several sittings (and machines) reports its whole
+cost, not the last (mostly reused) sitting's. A run of some of a task's students joins the stored
+rows when it measured the same teacher (``benchmarks.task_results``).
 """
 
 from __future__ import annotations
