@@ -28,7 +28,6 @@ import csv
 import hashlib
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -665,23 +664,19 @@ def write_table(out: Path, table: Sequence[TaskResult]) -> None:
     write_csv(table, out.with_suffix(".csv"))
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def cli(argv: Sequence[str]) -> None:
     """``main`` as a command: Ctrl-C or SIGTERM stop it cleanly, with the ledger's time recorded.
 
     A background job (``nohup … &``) ignores Ctrl-C's SIGINT and is stopped with SIGTERM, so that
     is an interruption too: the ``finally`` in ``run_task`` adds the time since the last lap.
     """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    from studies.cli import sigterm_interrupts
+
     try:
-        main(argv)
+        with sigterm_interrupts():
+            main(argv)
     except KeyboardInterrupt:
         sys.exit("interrupted: what finished is stored; the same command resumes from there")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """What every ``python -m studies.<command>`` shares: help, quiet libraries, one-line errors, Ctrl-C.
 
 A user mistake (``KDError``) prints one ``error:`` line and exits 2, never a traceback; an
-interruption says what was kept and exits 130.
+interruption (Ctrl-C, or SIGTERM for a background job) says what was kept and exits 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from transfer.errors import KDError
@@ -24,6 +26,25 @@ class NoTracebackOnInterrupt(logging.Filter):
         if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the command the way Ctrl-C does, while it runs.
+
+    A background job (``nohup … &``) ignores SIGINT and is stopped with ``kill`` (SIGTERM), whose
+    default ends the process at once: MLflow runs stay open, and no line says what was kept. As a
+    ``KeyboardInterrupt`` it takes the same path as Ctrl-C (``finally`` blocks, run closing).
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def quiet_libraries() -> None:
@@ -62,7 +83,8 @@ def run_cli(
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        result = action(compose(args), args)
+        with sigterm_interrupts():
+            result = action(compose(args), args)
     except KDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

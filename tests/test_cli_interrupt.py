@@ -33,3 +33,27 @@ def test_an_interrupted_trial_is_logged_without_a_traceback() -> None:
     failed = [r for r in records if "failed" in r.getMessage()]
     assert failed, "Optuna no longer logs failed trials where quiet_libraries looks for them"
     assert all(r.exc_info is None for r in failed)
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kill`` on a background ``studies.run`` must end in the interrupted line and exit 130, not die silently."""
+    import os
+    import signal
+    import time
+
+    from studies.cli import run_cli
+
+    reached_finally: list[bool] = []
+
+    def killed_mid_work(cfg: object, overrides: list[str]) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted long before this ends
+        finally:
+            reached_finally.append(True)  # where MLflow runs are closed and work is saved
+
+    code = run_cli([], lambda: "usage", killed_mid_work, lambda result: None, "finished trials are stored")
+    assert code == 130
+    assert reached_finally == [True]
+    assert "interrupted: finished trials are stored" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the command
