@@ -108,7 +108,12 @@ def _epoch_ends(steps_per_epoch: int, total: int) -> list[int]:
 def _train(
     model: Any, tokenizer: Any, task: Task, config: FineTuneConfig, work: Path, device: torch.device
 ) -> dict[str, Any]:
-    """The fine-tuning loop, resumable from ``work/checkpoint.pt``."""
+    """The fine-tuning loop, resumable from ``work/checkpoint.pt``.
+
+    It checkpoints every ``checkpoint_every`` steps, at each scored epoch end, and when interrupted,
+    so a stopped fine-tune loses no finished step. The batch order is fixed by the seed, so a
+    resumed run sees the same batches; dropout's random draws after a resume differ.
+    """
     torch.manual_seed(config.seed)
     model.to(device).train()
     if config.freeze_embeddings:
@@ -157,33 +162,45 @@ def _train(
     epoch_batches = epoch_batches[:total]
     started = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc="fine-tuning teacher", unit="step")
-    for i in range(step, total):
-        idx = epoch_batches[i]
-        input_ids, mask = pad_batch([ids[j] for j in idx], tokenizer.pad_token_id or 0, device)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels[idx].to(device)).loss
-        if not torch.isfinite(loss):
-            raise KDError(f"teacher fine-tuning diverged (loss {float(loss)} at step {i}); lower teacher.lr")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
-        scheduler.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if i + 1 in ends:
-            scores = _evaluate(model, tokenizer, task, config, device)
-            best = max((e["dev_score"] for e in epochs_scored), default=-math.inf)
-            epochs_scored.append({"step": i + 1, "epoch": (i + 1) / steps_per_epoch, "dev_score": scores[task.metric]})
-            if scores[task.metric] > best:
-                tmp = best_file.with_suffix(".tmp")
-                torch.save(model.state_dict(), tmp)
-                os.replace(tmp, best_file)
-            epoch = (i + 1) / steps_per_epoch
-            bar.write(f"teacher after epoch {epoch:.2f}: dev {task.metric}={scores[task.metric]:.4f}")
-            if i + 1 < total:
+    done = step  # steps whose update is complete: what an interruption's checkpoint holds
+    try:
+        for i in range(step, total):
+            idx = epoch_batches[i]
+            input_ids, mask = pad_batch([ids[j] for j in idx], tokenizer.pad_token_id or 0, device)
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels[idx].to(device)).loss
+            if not torch.isfinite(loss):
+                raise KDError(f"teacher fine-tuning diverged (loss {float(loss)} at step {i}); lower teacher.lr")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            scheduler.step()
+            done = i + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if i + 1 in ends:
+                scores = _evaluate(model, tokenizer, task, config, device)
+                best = max((e["dev_score"] for e in epochs_scored), default=-math.inf)
+                if scores[task.metric] > best:
+                    tmp = best_file.with_suffix(".tmp")
+                    torch.save(model.state_dict(), tmp)
+                    os.replace(tmp, best_file)
+                # after its weights are saved: an epoch listed as scored always has them in best_file
+                epochs_scored.append(
+                    {"step": i + 1, "epoch": (i + 1) / steps_per_epoch, "dev_score": scores[task.metric]}
+                )
+                epoch = (i + 1) / steps_per_epoch
+                bar.write(f"teacher after epoch {epoch:.2f}: dev {task.metric}={scores[task.metric]:.4f}")
+                if i + 1 < total:
+                    save_checkpoint(i + 1)
+            elif (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
                 save_checkpoint(i + 1)
-        elif (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
-            save_checkpoint(i + 1)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via studies.cli: keep the steps since the last checkpoint
+        scored = {e["step"] for e in epochs_scored}
+        if done > step and (done not in ends or done in scored):  # an epoch end is kept once it is scored
+            save_checkpoint(done)
+            bar.write(f"teacher fine-tuning interrupted: checkpoint at step {done} of {total}; rerun to resume")
+        raise
     bar.close()
     chosen = None
     if epochs_scored and best_file.exists():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import teachers.finetune as finetune
 from teachers.finetune import FineTuneConfig, get_teacher, teacher_key
@@ -112,8 +114,6 @@ def test_tiny_teacher_is_fine_tuned_once(
 
 
 def test_teacher_key_tracks_what_changes_the_weights(tiny_task, tiny_finetune_config: FineTuneConfig) -> None:
-    from dataclasses import replace
-
     base = BaseModel("unused", tiny_identity(tiny_finetune_config.tiny, tiny_task.train.fingerprint()))
     key = teacher_key(base, tiny_task, tiny_finetune_config)
     assert key == teacher_key(base, tiny_task, replace(tiny_finetune_config))
@@ -144,3 +144,29 @@ def test_local_directory_teacher_resolves_by_content(minilm_dir: Path) -> None:
     base = resolve_base(str(minilm_dir))
     assert base.location == str(minilm_dir.resolve()) and base.identity.startswith("path:")
     assert resolve_base(str(minilm_dir)).identity == base.identity
+
+
+def test_an_interrupted_fine_tune_checkpoints_where_it_stopped_and_resumes_there(
+    tiny_task, tiny_finetune_config: FineTuneConfig, tmp_path: Path, monkeypatch
+) -> None:
+    """Ctrl-C (or SIGTERM, via studies.cli) between checkpoints must not throw away the steps since the last one."""
+    config = replace(tiny_finetune_config, checkpoint_every=10_000, select_epoch=False, epochs=2.0)
+    real_tqdm = finetune.tqdm
+
+    class StopsAtStep5(real_tqdm):  # the user presses Ctrl-C right after step 5 of the first run
+        def update(self, n: int = 1) -> bool | None:
+            result = super().update(n)
+            if self.n == 5:
+                raise KeyboardInterrupt
+            return result
+
+    monkeypatch.setattr(finetune, "tqdm", StopsAtStep5)
+    with pytest.raises(KeyboardInterrupt):
+        get_teacher("tiny", tiny_task, config, tmp_path, device="cpu")
+    (partial,) = (tmp_path / "teachers").glob("*.partial")
+    assert torch.load(partial / "checkpoint.pt", weights_only=False)["step"] == 5
+
+    monkeypatch.setattr(finetune, "tqdm", real_tqdm)
+    teacher = get_teacher("tiny", tiny_task, config, tmp_path, device="cpu")
+    record = json.loads((teacher.path / TRAINING_RECORD).read_text())
+    assert record["resumed_from_step"] == 5 and record["steps"] > 5
