@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -40,6 +41,9 @@ def sigterm_interrupts() -> Iterator[None]:
     default ends the process at once: MLflow runs stay open, and no line says what was kept. As a
     ``KeyboardInterrupt`` it takes the same path as Ctrl-C (``finally`` blocks, run closing).
     """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield
