@@ -155,6 +155,17 @@ def _train(
         torch.save(state, tmp)
         os.replace(tmp, checkpoint)
 
+    def score_epoch(at: int) -> None:
+        """Dev score after the epoch ending at step ``at``; the best epoch's weights go to ``best_file``."""
+        score = _evaluate(model, tokenizer, task, config, device)[task.metric]
+        if score > max((e["dev_score"] for e in epochs_scored), default=-math.inf):
+            tmp = best_file.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, best_file)
+        # listed only once its weights are saved: a scored epoch always has them in best_file
+        epochs_scored.append({"step": at, "epoch": at / steps_per_epoch, "dev_score": score})
+        tqdm.write(f"teacher after epoch {at / steps_per_epoch:.2f}: dev {task.metric}={score:.4f}")
+
     rng = np.random.default_rng(config.seed)
     epoch_batches: list[np.ndarray] = []
     for _ in range(math.ceil(config.epochs)):
@@ -179,18 +190,7 @@ def _train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if i + 1 in ends:
-                scores = _evaluate(model, tokenizer, task, config, device)
-                best = max((e["dev_score"] for e in epochs_scored), default=-math.inf)
-                if scores[task.metric] > best:
-                    tmp = best_file.with_suffix(".tmp")
-                    torch.save(model.state_dict(), tmp)
-                    os.replace(tmp, best_file)
-                # after its weights are saved: an epoch listed as scored always has them in best_file
-                epochs_scored.append(
-                    {"step": i + 1, "epoch": (i + 1) / steps_per_epoch, "dev_score": scores[task.metric]}
-                )
-                epoch = (i + 1) / steps_per_epoch
-                bar.write(f"teacher after epoch {epoch:.2f}: dev {task.metric}={scores[task.metric]:.4f}")
+                score_epoch(i + 1)
                 if i + 1 < total:
                     save_checkpoint(i + 1)
             elif (i + 1) % config.checkpoint_every == 0 and i + 1 < total:
