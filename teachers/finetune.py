@@ -12,7 +12,11 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,33 @@ from transfer.errors import KDError
 from transfer.fingerprint import hash_json
 from transfer.settings import FromMapping
 from transfer.tasks import Task
+
+
+@contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block takes effect when it ends, not halfway through it.
+
+    An optimiser step and the step counter must move together: an interruption between them
+    would checkpoint weights one update ahead of the step they claim, and a resume would apply
+    that batch twice. The signal is noted, then handed to the handler it was meant for.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 @dataclass
@@ -184,9 +215,10 @@ def _train(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            scheduler.step()
-            done = i + 1
+            with held_interrupts():  # the update and the count of done steps move together
+                optimiser.step()
+                scheduler.step()
+                done = i + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if i + 1 in ends:

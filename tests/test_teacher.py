@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,6 +146,21 @@ def test_local_directory_teacher_resolves_by_content(minilm_dir: Path) -> None:
     base = resolve_base(str(minilm_dir))
     assert base.location == str(minilm_dir.resolve()) and base.identity.startswith("path:")
     assert resolve_base(str(minilm_dir)).identity == base.identity
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_inside_a_held_block_lands_after_it(signum: int) -> None:
+    steps: list[str] = []
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as studies.cli sets it
+    try:
+        with pytest.raises(KeyboardInterrupt), finetune.held_interrupts():
+            steps.append("update")
+            os.kill(os.getpid(), signum)  # arrives halfway through: must not cut the block short
+            steps.append("count")
+        assert steps == ["update", "count"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_an_interrupted_fine_tune_checkpoints_where_it_stopped_and_resumes_there(
