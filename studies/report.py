@@ -140,6 +140,23 @@ def pareto_front(points: Sequence[Point]) -> list[int]:
     return sorted(front, key=lambda i: (points[i].x, -points[i].y))
 
 
+def label_offsets(points: Sequence[Point]) -> list[tuple[int, int]]:
+    """Where each point's name goes (points offset): above right, or below right when a point
+    labelled before it sits close by (within a quarter on the log x axis, 3 % of the y range),
+    so two students of near-equal speed and score keep readable names."""
+    ys = [p.y for p in points]
+    span = (max(ys) - min(ys)) or 1.0
+    offsets: list[tuple[int, int]] = []
+    for i, p in enumerate(points):
+        crowded = any(
+            offsets[j] == (6, 6) and abs(math.log(p.x / q.x)) < math.log(1.25) and abs(p.y - q.y) < 0.03 * span
+            for j, q in enumerate(points[:i])
+            if p.x > 0 and q.x > 0
+        )
+        offsets.append((6, -13) if crowded else (6, 6))
+    return offsets
+
+
 def pareto_png(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: str, title: str) -> Path:
     import matplotlib
 
@@ -153,6 +170,7 @@ def pareto_png(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: s
         fy = [points[i].y for i in front]
         ax.step(fx, fy, where="post", color="tab:gray", linestyle="--", linewidth=1, label="Pareto front", zorder=1)
     labelled = False
+    offsets = label_offsets(points)
     for i, p in enumerate(points):
         on_front = i in front
         if p.teacher:
@@ -171,7 +189,7 @@ def pareto_png(path: str | Path, points: Sequence[Point], xlabel: str, ylabel: s
                 label=None if labelled else "student (mean ± sd over seeds; dark = on the front)",
             )
             labelled = True
-        ax.annotate(p.name, (p.x, p.y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.annotate(p.name, (p.x, p.y), textcoords="offset points", xytext=offsets[i], fontsize=9)
     ax.set_xscale("log")
     return _finish(fig, ax, path, xlabel, ylabel, title, legend=True)
 

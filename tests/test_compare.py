@@ -157,3 +157,16 @@ def test_seed_runs_are_mlflow_models(compared: Compared) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{compared.root / 'mlflow.db'}")
     frame = mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model").predict(["the film was great"])
     assert list(frame.columns) == ["label", "p_negative", "p_positive"]
+
+
+def test_near_equal_students_get_their_names_apart_on_the_pareto_plot() -> None:
+    from studies.report import Point, label_offsets
+
+    points = [
+        Point("teacher", 1.0, 0.95, teacher=True),
+        Point("bilstm", 0.16, 0.895),
+        Point("chain", 0.15, 0.894),  # as on TREC: same score, near-same latency as the BiLSTM
+        Point("tree", 0.02, 0.68),
+    ]
+    above, below = (6, 6), (6, -13)
+    assert label_offsets(points) == [above, above, below, above]
