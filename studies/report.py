@@ -140,6 +140,9 @@ def pareto_front(points: Sequence[Point]) -> list[int]:
     return sorted(front, key=lambda i: (points[i].x, -points[i].y))
 
 
+LABEL_ABOVE, LABEL_BELOW = (6, 6), (6, -13)  # a point's name, offset in points
+
+
 def label_offsets(points: Sequence[Point]) -> list[tuple[int, int]]:
     """Where each point's name goes (points offset): above right, or below right when a point
     labelled before it sits close by (within a quarter on the log x axis, 3 % of the y range),
@@ -149,11 +152,11 @@ def label_offsets(points: Sequence[Point]) -> list[tuple[int, int]]:
     offsets: list[tuple[int, int]] = []
     for i, p in enumerate(points):
         crowded = any(
-            offsets[j] == (6, 6) and abs(math.log(p.x / q.x)) < math.log(1.25) and abs(p.y - q.y) < 0.03 * span
+            offsets[j] == LABEL_ABOVE and abs(math.log(p.x / q.x)) < math.log(1.25) and abs(p.y - q.y) < 0.03 * span
             for j, q in enumerate(points[:i])
             if p.x > 0 and q.x > 0
         )
-        offsets.append((6, -13) if crowded else (6, 6))
+        offsets.append(LABEL_BELOW if crowded else LABEL_ABOVE)
     return offsets
 
 

@@ -50,6 +50,8 @@ def held_interrupts() -> Iterator[None]:
     caught: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
+    # None: a handler set outside Python, which cannot be put back from here; the default stands in
+    previous = {s: signal.SIG_DFL if h is None else h for s, h in previous.items()}
     try:
         yield
     finally:

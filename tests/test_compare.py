@@ -160,6 +160,8 @@ def test_seed_runs_are_mlflow_models(compared: Compared) -> None:
 
 
 def test_near_equal_students_get_their_names_apart_on_the_pareto_plot() -> None:
+    from studies.report import LABEL_ABOVE as above
+    from studies.report import LABEL_BELOW as below
     from studies.report import Point, label_offsets
 
     points = [
@@ -168,5 +170,4 @@ def test_near_equal_students_get_their_names_apart_on_the_pareto_plot() -> None:
         Point("chain", 0.15, 0.894),  # as on TREC: same score, near-same latency as the BiLSTM
         Point("tree", 0.02, 0.68),
     ]
-    above, below = (6, 6), (6, -13)
     assert label_offsets(points) == [above, above, below, above]
