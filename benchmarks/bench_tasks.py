@@ -671,7 +671,7 @@ def cli(argv: Sequence[str]) -> None:
     A background job (``nohup … &``) ignores Ctrl-C's SIGINT and is stopped with SIGTERM, so that
     is an interruption too: the ``finally`` in ``run_task`` adds the time since the last lap.
     """
-    from studies.cli import sigterm_interrupts
+    from transfer.interrupts import sigterm_interrupts
 
     try:
         with sigterm_interrupts():

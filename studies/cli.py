@@ -6,16 +6,14 @@ interruption (Ctrl-C, or SIGTERM for a background job) says what was kept and ex
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from transfer.errors import KDError
+from transfer.interrupts import sigterm_interrupts
 
 NOISY_LOGGERS = ("alembic", "mlflow", "optuna", "httpx", "urllib3", "filelock", "matplotlib")
 
@@ -27,28 +25,6 @@ class NoTracebackOnInterrupt(logging.Filter):
         if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
             record.exc_info, record.exc_text = None, None
         return True
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the command the way Ctrl-C does, while it runs.
-
-    A background job (``nohup … &``) ignores SIGINT and is stopped with ``kill`` (SIGTERM), whose
-    default ends the process at once: MLflow runs stay open, and no line says what was kept. As a
-    ``KeyboardInterrupt`` it takes the same path as Ctrl-C (``finally`` blocks, run closing).
-    """
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def quiet_libraries() -> None:

@@ -12,11 +12,7 @@ import json
 import math
 import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,37 +28,9 @@ from teachers.tiny import write_tiny_bert
 from transfer.batching import bucketed_batches, pad_batch
 from transfer.errors import KDError
 from transfer.fingerprint import hash_json
+from transfer.interrupts import held_interrupts
 from transfer.settings import FromMapping
 from transfer.tasks import Task
-
-
-@contextmanager
-def held_interrupts() -> Iterator[None]:
-    """Ctrl-C or SIGTERM inside the block takes effect when it ends, not halfway through it.
-
-    An optimiser step and the step counter must move together: an interruption between them
-    would checkpoint weights one update ahead of the step they claim, and a resume would apply
-    that batch twice. The signal is noted, then handed to the handler it was meant for.
-    """
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
-    # None: a handler set outside Python, which cannot be put back from here; the default stands in
-    previous = {s: signal.SIG_DFL if h is None else h for s, h in previous.items()}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for signum in caught[:1]:
-            handler = previous[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from teachers.finetune import FineTuneConfig, get_teacher, teacher_key
 from teachers.model import TRAINING_RECORD, Teacher
 from teachers.sources import BaseModel, resolve_base, tiny_identity
 from transfer.errors import KDError
+from transfer.interrupts import held_interrupts
 
 SENTENCES = ["a wonderful film", "dull", "the plot was awful and the acting was clumsy", "fine"]
 
@@ -153,7 +154,7 @@ def test_an_interrupt_inside_a_held_block_lands_after_it(signum: int) -> None:
     steps: list[str] = []
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as studies.cli sets it
     try:
-        with pytest.raises(KeyboardInterrupt), finetune.held_interrupts():
+        with pytest.raises(KeyboardInterrupt), held_interrupts():
             steps.append("update")
             os.kill(os.getpid(), signum)  # arrives halfway through: must not cut the block short
             steps.append("count")
