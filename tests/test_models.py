@@ -260,3 +260,20 @@ def test_malformed_requests_get_a_clear_4xx(server: str, body: Any) -> None:
     assert 400 <= status < 500, (status, answer)
     assert answer.get("message"), answer
     assert urllib.request.urlopen(f"{server}/ping", timeout=5).status == 200  # still serving
+
+
+def test_logging_a_model_keeps_mlflows_pickling_advice_off_the_terminal(
+    studied: Studied, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every trial logs a model: MLflow's advice against pickling would repeat per trial, and does not apply."""
+    import logging
+
+    from studies.models import log_text_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'hints.db'}")
+    mlflow.set_experiment("hints")
+    with caplog.at_level("WARNING"), mlflow.start_run():
+        info = log_text_model(studied.root / "best" / "student", ["negative", "positive"], TEXTS)
+    assert info.model_uri
+    assert not [r for r in caplog.records if "Passing a Python object" in r.getMessage()]
+    assert not logging.getLogger("mlflow.pyfunc").filters  # the filter was only for that call
