@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import REPO, split_overrides
-from benchmarks.task_results import STUDENTS, TASKS, Row, TaskResult, merge_results, model_key
+from benchmarks.task_results import STUDENTS, TASKS, Row, TaskResult, merge_results, model_key, setup_id
 from studies.report import Stat
 
 __all__ = ["Row", "TaskResult", "cli", "main", "merge_results"]
@@ -172,10 +172,12 @@ def _study_and_compare(
 
     record = dict(prepare(compose(common)).teacher.record)  # cached: nothing is recomputed
     record["lr_choice"] = teacher_choice
+    minutes = clock.lap()
     return TaskResult(
-        task, rows, comparison.missing, clock.lap(), record, pareto, list(students), defaults_best,
+        task, rows, comparison.missing, minutes, record, pareto, list(students), defaults_best,
         budget=describe_budget(args, common, {s: student_overrides(extra, task, s) for s in students}),
         command=" ".join(["python -m benchmarks.bench_tasks", *sys.argv[1:]]), setup=sorted(common),
+        minutes_by_setup={setup_id(common): minutes},
     )  # fmt: skip
 
 
@@ -505,7 +507,7 @@ def render(results: Sequence[TaskResult]) -> str:
         cost_table(results),
         "",
         "Wall time per task on this machine (teacher, labelling, studies and seed retrains, added up over every "
-        "sitting that built this setup; reruns reuse what is stored): "
+        "sitting of every setup behind the task's rows; reruns reuse what is stored): "
         + ", ".join(f"{TASK_LABELS.get(r.task, r.task)} {r.minutes:.0f} min" for r in results)
         + f"; {sum(r.minutes for r in results) / 60:.1f} h in all.",
         "",

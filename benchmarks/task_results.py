@@ -5,7 +5,10 @@ A task rerun with all its students replaces that task's entry. A rerun of only s
 the same teacher on the same setup (same overrides, same fine-tuned recipe, same dev and test
 scores): shares and agreement are relative to the teacher, so rows measured against another
 teacher (say, one re-fine-tuned on another machine whose arithmetic differs) must not share a
-column. Otherwise the new run replaces the entry, and says so.
+column. Otherwise the new run replaces the entry, and says so. The transfer set's size is a
+student's budget, like its trials, not the teacher's: runs that differ only there share a table,
+each run's budget line saying which size its rows had, and the task's wall time adds up the
+ledger totals of every setup that still has rows.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 TASKS = ("sst2", "cola", "trec", "sara")
 STUDENTS = ("bilstm", "cnn", "bert", "lgbm", "forest", "tree", "chain")
 TEACHER_IDENTITY = ("key", "dev_scores", "epochs_scored")  # a teacher record's fields that must match to merge
+STUDENT_BUDGET_KEYS = ("transfer.augment.n",)  # setup overrides that shape what students see, not the teacher
 
 
 @dataclass
@@ -56,6 +60,21 @@ class TaskResult:
     command: str = ""  # the command line that made this task's rows
     setup: list[str] = field(default_factory=list)  # the task's Hydra overrides (teacher, transfer set), sorted
     earlier: list[dict[str, Any]] = field(default_factory=list)  # rows kept from earlier runs: models, budget, command
+    minutes_by_setup: dict[str, float] = field(default_factory=dict)  # ledger total per setup behind the rows
+
+
+def setup_id(setup: Sequence[str]) -> str:
+    return " ".join(sorted(setup))
+
+
+def teacher_setup(setup: Sequence[str]) -> list[str]:
+    """The overrides that decide the teacher and the task: the setup less the students' budget."""
+    return sorted(o for o in setup if o.split("=", 1)[0].lstrip("+") not in STUDENT_BUDGET_KEYS)
+
+
+def minutes_per_setup(result: TaskResult) -> dict[str, float]:
+    """``result.minutes_by_setup``, or, for an entry stored before it existed, its one setup's total."""
+    return dict(result.minutes_by_setup) or {setup_id(result.setup): result.minutes}
 
 
 def model_key(model: str) -> str:
@@ -82,7 +101,7 @@ def _teacher_score(result: TaskResult) -> float | None:
 
 def same_teacher(old: TaskResult, new: TaskResult) -> str | None:
     """None when ``new``'s rows can join ``old``'s; else why not."""
-    if sorted(old.setup) != sorted(new.setup):
+    if teacher_setup(old.setup) != teacher_setup(new.setup):
         return f"another setup ({' '.join(old.setup) or 'not recorded'} → {' '.join(new.setup)})"
     for key in TEACHER_IDENTITY:
         if old.teacher_record.get(key) != new.teacher_record.get(key):
@@ -93,10 +112,11 @@ def same_teacher(old: TaskResult, new: TaskResult) -> str | None:
 
 
 def _runs(result: TaskResult) -> list[dict[str, Any]]:
-    """Every run behind ``result``'s rows, its own (last) included: models, budget, command."""
+    """Every run behind ``result``'s rows, its own (last) included: models, budget, command, setup."""
     earlier_models = {m for e in result.earlier for m in e["models"]}
     own = [s for s in result.students if s not in earlier_models]
-    return [*result.earlier, {"models": own, "budget": result.budget, "command": result.command}]
+    mine = {"models": own, "budget": result.budget, "command": result.command, "setup": list(result.setup)}
+    return [{"setup": list(result.setup), **e} for e in result.earlier] + [mine]
 
 
 def combine(old: TaskResult, new: TaskResult) -> TaskResult:
@@ -117,11 +137,14 @@ def combine(old: TaskResult, new: TaskResult) -> TaskResult:
         models = [m for m in run["models"] if m in kept_models]
         if models:
             earlier.append({**run, "models": models})
+    setups_with_rows = {setup_id(run["setup"]) for run in earlier} | {setup_id(new.setup)}
+    minutes = {s: m for s, m in minutes_per_setup(old).items() if s in setups_with_rows}
+    minutes |= minutes_per_setup(new)  # the new setup's ledger total already holds its earlier sittings
     return TaskResult(
         task=new.task,
         rows=rows,
         missing={**{k: v for k, v in old.missing.items() if k in kept_models}, **new.missing},
-        minutes=new.minutes,  # the ledger's total for this setup: every sitting, the earlier runs' included
+        minutes=sum(minutes.values()),  # each setup's ledger total: every sitting, the earlier runs' included
         teacher_record=new.teacher_record,
         pareto=new.pareto,
         students=[s for s in STUDENTS if s in new.students or s in kept_models],
@@ -130,6 +153,7 @@ def combine(old: TaskResult, new: TaskResult) -> TaskResult:
         command=new.command,
         setup=new.setup,
         earlier=earlier,
+        minutes_by_setup=minutes,
     )
 
 

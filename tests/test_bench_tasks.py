@@ -176,12 +176,16 @@ def _result(task: str, score: float) -> bench_tasks.TaskResult:
     )  # fmt: skip
 
 
-def _run(students: list[str], teacher_dev: float, command: str) -> bench_tasks.TaskResult:
+def _run(
+    students: list[str], teacher_dev: float, command: str, setup: tuple[str, ...] = (), minutes: float = 5.0
+) -> bench_tasks.TaskResult:
     rows = [_row("sst2", "teacher (minilm)", 0.9, 1.0), *(_row("sst2", s, 0.85) for s in students)]
     record = {"key": "t1", "dev_scores": {"accuracy": teacher_dev}, "epochs_scored": []}
+    setup_ = sorted(["task=sst2", *setup])
     return bench_tasks.TaskResult(
-        "sst2", rows, {}, 5.0, record, {}, students, dict.fromkeys(students, True), budget=f"budget of {command}",
-        command=command, setup=["task=sst2"],
+        "sst2", rows, {}, minutes, record, {}, students, dict.fromkeys(students, True),
+        budget=f"budget of {command}", command=command, setup=setup_,
+        minutes_by_setup={" ".join(setup_): minutes},
     )  # fmt: skip
 
 
@@ -191,7 +195,10 @@ def test_a_run_of_some_students_joins_the_stored_rows_only_against_the_same_teac
     (table,) = bench_tasks.merge_results(path, [_run(["bert"], 0.93, "second")])
     assert [r.model for r in table.rows] == ["teacher (minilm)", "bilstm", "cnn", "bert"]
     assert table.students == ["bilstm", "cnn", "bert"] and table.defaults_best == dict.fromkeys(table.students, True)
-    assert table.earlier == [{"models": ["bilstm", "cnn"], "budget": "budget of first", "command": "first"}]
+    assert table.earlier == [
+        {"models": ["bilstm", "cnn"], "budget": "budget of first", "command": "first", "setup": ["task=sst2"]}
+    ]
+    assert table.minutes == 5.0  # one setup: its ledger total, which holds both sittings
     text = bench_tasks.render([table])
     assert "- SST-2 (bilstm, cnn): budget of first. Made by `first`." in text
     assert "- SST-2 (bert): budget of second. Made by `second`." in text
@@ -202,6 +209,34 @@ def test_a_run_of_some_students_joins_the_stored_rows_only_against_the_same_teac
     # another teacher (here: another dev score) cannot share the column: the new run stands alone
     (table,) = bench_tasks.merge_results(path, [_run(["bert"], 0.94, "fourth")])
     assert [r.model for r in table.rows] == ["teacher (minilm)", "bert"] and table.earlier == []
+
+
+def test_runs_that_differ_in_transfer_set_size_share_the_table_and_add_their_minutes(tmp_path: Path) -> None:
+    """The transfer set is the students' budget: a 16x run of two students joins the 4x rows of the same teacher."""
+    path = tmp_path / "tasks.json"
+    four, sixteen = ("transfer.augment.n=3",), ("transfer.augment.n=15",)
+    bench_tasks.merge_results(path, [_run(["bilstm", "cnn", "lgbm"], 0.93, "at 4x", four, minutes=30.0)])
+    (table,) = bench_tasks.merge_results(path, [_run(["bilstm", "cnn"], 0.93, "at 16x", sixteen, minutes=20.0)])
+    assert [r.model for r in table.rows] == ["teacher (minilm)", "bilstm", "cnn", "lgbm"]
+    assert [(e["models"], e["command"], e["setup"]) for e in table.earlier] == [
+        (["lgbm"], "at 4x", ["task=sst2", "transfer.augment.n=3"])
+    ]
+    assert table.minutes == 50.0  # both setups still have rows: both ledger totals count
+    assert "- SST-2 (lgbm): budget of at 4x." in bench_tasks.render([table])
+    # a later sitting of the 16x setup: its ledger total (which holds the first 20 minutes) replaces that setup's
+    (table,) = bench_tasks.merge_results(path, [_run(["cnn"], 0.93, "at 16x again", sixteen, minutes=26.0)])
+    assert table.minutes == 56.0
+    # another teacher recipe is another teacher, whatever the transfer set: the new run stands alone
+    (table,) = bench_tasks.merge_results(path, [_run(["cnn"], 0.93, "other lr", ("teacher.lr=5e-05",), minutes=7.0)])
+    assert [r.model for r in table.rows] == ["teacher (minilm)", "cnn"] and table.minutes == 7.0
+
+
+def test_a_setup_whose_rows_are_all_replaced_no_longer_counts(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    bench_tasks.merge_results(path, [_run(["bilstm", "cnn"], 0.93, "at 4x", ("transfer.augment.n=3",), 30.0)])
+    bench_tasks.merge_results(path, [_run(["bilstm"], 0.93, "at 16x", ("transfer.augment.n=15",), 20.0)])
+    (table,) = bench_tasks.merge_results(path, [_run(["cnn"], 0.93, "cnn at 16x", ("transfer.augment.n=15",), 25.0)])
+    assert [e["command"] for e in table.earlier] == ["at 16x"] and table.minutes == 25.0
 
 
 def test_the_pareto_plot_is_drawn_from_the_tables_rows(tmp_path: Path) -> None:
