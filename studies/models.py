@@ -170,13 +170,13 @@ def log_text_model(
         )
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *fragments: str) -> None:
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
         super().__init__()
-        self.fragments = fragments
+        self.fragment = fragment
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(f in record.getMessage() for f in self.fragments)
+        return self.fragment not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -186,7 +186,7 @@ def _quiet_pyfunc_advice() -> Iterator[None]:
     ``TextClassifier`` holds no state (everything comes from the artifacts and ``model_config``),
     so pickling it is safe. Other messages pass.
     """
-    drop = _DropMessages("Passing a Python object as `python_model`")
+    drop = _DropMessage("Passing a Python object as `python_model`")
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     pyfunc_log.addFilter(drop)
     try:
