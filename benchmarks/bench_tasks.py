@@ -53,7 +53,9 @@ TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
 # small BERT (and the chain's assistant) has one layer: a 4-layer one costs about a teacher fine-tune
 # per epoch there, and one layer is what the issue's SST-2 target allows (≤ 1/4 of the teacher's
 # non-embedding weights). Sara's and CoLA's teachers need more epochs than the default 2 and a
-# learning rate picked on dev.
+# learning rate picked on dev; SST-2's gets a third epoch (dev still rose at its second; its 2-epoch
+# teacher scored 0.8968 on test, under the issue's 0.90 floor) and keeps lr 1e-4: a second learning
+# rate costs 17 min of fine-tuning on 60K sentences, which one sitting here cannot spare.
 DEFAULTS: dict[str, Any] = {
     "students": "bilstm,cnn,lgbm,forest,tree,bert,chain",
     "trials": "10,sst2=1,bert=1,chain=2",  # 3 left every TREC student short of its target (README)
@@ -63,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "overrides": (
         "sara:teacher.epochs=15",
         "cola:teacher.epochs=8",
+        "sst2:teacher.epochs=3",
         "sst2.bert:student.hparams.num_layers=1",  # ≤ 1/4 of the teacher's non-embedding weights (the issue's bound)
         "sst2.chain:student.hparams.link0.num_layers=1",  # and an assistant of that size, which fits SST-2's budget
     ),
