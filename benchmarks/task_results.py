@@ -13,6 +13,7 @@ ledger totals of every setup that still has rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -61,6 +62,12 @@ class TaskResult:
     setup: list[str] = field(default_factory=list)  # the task's Hydra overrides (teacher, transfer set), sorted
     earlier: list[dict[str, Any]] = field(default_factory=list)  # rows kept from earlier runs: models, budget, command
     minutes_by_setup: dict[str, float] = field(default_factory=dict)  # ledger total per setup behind the rows
+
+
+def teacher_fingerprint(record: dict[str, Any]) -> str:
+    """A short hash of what identifies a fine-tuned teacher (``TEACHER_IDENTITY``): its ledger total's key."""
+    identity = {key: record.get(key) for key in TEACHER_IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def setup_id(setup: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert "SST-2 test_accuracy" in text and "Targets:" in text and "SST-2 bilstm ≥ 97 %" in text
     assert (out.parent / "pareto_sst2.png").stat().st_size > 0 and (out.parent / "pareto_sst2.html").is_file()
     assert results[0].minutes > 0
-    assert "picked on dev: lr 0.001: dev" in text
+    assert "lr picked on dev: lr 0.001: dev" in text and "(dev per epoch " in text
     assert (
         "Not run (outside this budget, `--students`): SST-2: cnn, bert, lgbm, forest, chain." in text
     )  # the teacher recipe was chosen on dev, and says so
@@ -72,6 +72,23 @@ def test_ledger_adds_up_sittings_per_task_setup(tmp_path: Path) -> None:
     assert bench_tasks.add_to_ledger(ledger, "trec", ["task=trec", "b=1"], 2.0) == 2.0
     assert bench_tasks.add_to_ledger(ledger, "trec", ["b=1", "task=trec"], 3.0) == 5.0  # same setup, any order
     assert bench_tasks.add_to_ledger(ledger, "trec", ["task=trec", "b=2"], 1.0) == 1.0  # another setup
+
+
+def test_a_re_fine_tuned_teacher_starts_its_own_total_and_takes_over_the_waiting_time(tmp_path: Path) -> None:
+    """Same overrides, another teacher (say, another machine's arithmetic): its minutes are not the old rows'."""
+    ledger = tmp_path / "ledger.json"
+    old = {"key": "k", "dev_scores": {"accuracy": 0.93}, "epochs_scored": [{"epoch": 1.0, "dev_score": 0.93}]}
+    new = {**old, "dev_scores": {"accuracy": 0.94}, "lr_choice": "not part of its identity"}
+    setup = ["task=trec", "b=1"]
+    assert bench_tasks.add_to_ledger(ledger, "trec", setup, 10.0, old) == 10.0
+    assert bench_tasks.add_to_ledger(ledger, "trec", setup, 2.0) == 2.0  # a sitting killed while fine-tuning
+    assert bench_tasks.add_to_ledger(ledger, "trec", ["task=trec"], 1.0) == 1.0  # … before its lr was picked
+    total = bench_tasks.add_to_ledger(ledger, "trec", setup, 0.5, new, absorb=[["task=trec"], setup])
+    assert total == 3.5  # its own half minute and the waiting time: not the old teacher's 10
+    stored = json.loads(ledger.read_text(encoding="utf-8"))
+    assert sorted(e["minutes"] for e in stored.values()) == [3.5, 10.0]  # nothing is left waiting
+    assert {e["teacher"]["dev_scores"]["accuracy"] for e in stored.values()} == {0.93, 0.94}
+    assert bench_tasks.add_to_ledger(ledger, "trec", setup, 1.0, {**old, "lr_choice": "x"}) == 11.0
 
 
 def test_readme_blocks_are_filled_from_their_files(tmp_path: Path) -> None:
@@ -155,13 +172,20 @@ def test_an_interrupted_task_still_adds_its_time_to_the_ledger(tmp_path: Path, m
         time.sleep(0.05)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench_tasks, "_study_and_compare", interrupted)
+    record = {"key": "k", "dev_scores": {"accuracy": 0.9}, "epochs_scored": []}
+    monkeypatch.setattr(bench_tasks, "task_teacher", interrupted)  # killed while the teacher is fine-tuned
     args, extra = bench_tasks.parse(["--ledger", str(tmp_path / "ledger.json"), "--teacher-lrs", ""])
     with pytest.raises(KeyboardInterrupt):
         bench_tasks.run_task("trec", ["tree"], args, extra, tmp_path)
-    ledger = json.loads((tmp_path / "ledger.json").read_text(encoding="utf-8"))
-    (entry,) = ledger.values()
-    assert entry["task"] == "trec" and entry["minutes"] > 0.05 / 60 * 0.9
+    (waiting,) = json.loads((tmp_path / "ledger.json").read_text(encoding="utf-8")).values()
+    assert waiting["task"] == "trec" and waiting["minutes"] > 0.05 / 60 * 0.9 and "teacher" not in waiting
+    # the next sitting identifies the teacher, then is killed mid-study: all of it lands on that teacher
+    monkeypatch.setattr(bench_tasks, "task_teacher", lambda common: dict(record))
+    monkeypatch.setattr(bench_tasks, "_study_and_compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_tasks.run_task("trec", ["tree"], args, extra, tmp_path)
+    (entry,) = json.loads((tmp_path / "ledger.json").read_text(encoding="utf-8")).values()
+    assert entry["teacher"]["key"] == "k" and entry["minutes"] > waiting["minutes"] + 0.05 / 60 * 0.9
 
 
 def _row(task: str, model: str, score: float, speedup: float = 9.5) -> bench_tasks.Row:
@@ -282,8 +306,8 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_its_time_is_recorded(
     ledger = tmp_path / "ledger.json"
 
     def stopped_mid_task(argv: list[str]) -> None:
-        clock = bench_tasks.Stopwatch()
-        clock.ledger = (ledger, "trec", ["task=trec"])
+        clock = bench_tasks.Stopwatch(ledger, "trec")
+        clock.book(["task=trec"])
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # interrupted long before this ends
