@@ -16,9 +16,9 @@ Writes ``benchmarks/results/tasks.md``, ``tasks.csv`` and ``tasks.json`` (the RE
 Markdown with ``python -m benchmarks.readme``), a Pareto plot per task drawn from the table's rows
 (PNG + HTML; each comparison run also logs its own to MLflow), and the wall time each task took:
 a ledger committed beside the table (``tasks_minutes.json``) adds up every invocation that worked
-on the same task setup, so a table built over several sittings (and machines) reports its whole
-cost, not the last (mostly reused) sitting's. A run of some of a task's students joins the stored
-rows when it measured the same teacher (``benchmarks.task_results``).
+on the same task setup with the same teacher, so a table built over several sittings (and
+machines) reports its whole cost, not the last (mostly reused) sitting's. A run of some of a
+task's students joins the stored rows when it measured the same teacher (``benchmarks.task_results``).
 """
 
 from __future__ import annotations

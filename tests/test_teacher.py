@@ -152,7 +152,8 @@ def test_local_directory_teacher_resolves_by_content(minilm_dir: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_inside_a_held_block_lands_after_it(signum: int) -> None:
     steps: list[str] = []
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as studies.cli sets it
+    # as studies.cli sets them; SIGINT too, which is ignored when pytest itself runs in the background
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(KeyboardInterrupt), held_interrupts():
             steps.append("update")
@@ -161,7 +162,8 @@ def test_an_interrupt_inside_a_held_block_lands_after_it(signum: int) -> None:
         assert steps == ["update", "count"]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_an_interrupted_fine_tune_checkpoints_where_it_stopped_and_resumes_there(
