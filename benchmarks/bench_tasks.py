@@ -223,6 +223,7 @@ def describe_budget(
 ) -> str:
     overrides = [o for o in common if not o.startswith(("task=", "study.pruner=", "progress="))]
     own = "; ".join(f"{s}: `{' '.join(o)}`" for s, o in (per_student or {}).items() if o)
+    speed = args.min_speedup
     return (
         f"trials per student `{args.trials}`, neural students' epochs `{args.epochs}` (0 = searched; early "
         f"stopping on dev), transfer set `{args.transfer_size}`× the training sentences (a `task=` or `student=` "
@@ -230,6 +231,7 @@ def describe_budget(
         "fresh seeds per best configuration"
         + (f"; this task's overrides `{' '.join(overrides)}`" if overrides else "")
         + (f"; fixed per student: {own}" if own else "")
+        + (f"; the BiLSTM's study constrained to ≥ {args.min_speedup:g}× the teacher's speed" if speed else "")
     )
 
 

@@ -65,6 +65,8 @@ def test_student_scoped_overrides_reach_that_students_study_only() -> None:
     assert "fixed per student: bert: `student.hparams.num_layers=1`" in bench_tasks.describe_budget(
         args, ["task=sst2"], {"bert": ["student.hparams.num_layers=1"], "cnn": []}
     )
+    constrained, _ = bench_tasks.parse(["--min-speedup", "10"])
+    assert "constrained to ≥ 10× the teacher's speed" in bench_tasks.describe_budget(constrained, ["task=sst2"])
 
 
 def test_ledger_adds_up_sittings_per_task_setup(tmp_path: Path) -> None:
