@@ -190,9 +190,10 @@ def _study_and_compare(
         defaults_best[student] = best_was_defaults(result)
         clock.lap()
     listing = "[" + ",".join(students) + "]"
-    comparison = compare(
-        compose([*common, f"compare.students={listing}", f"compare.seeds={args.seeds}"]), overrides=common
-    )
+    chosen = [f"compare.students={listing}", f"compare.seeds={args.seeds}"]
+    if args.min_speedup and "bilstm" in students:  # its row is the best trial that is fast enough, as its study's
+        chosen.append(f"compare.min_speedup={{bilstm:{args.min_speedup:g}}}")
+    comparison = compare(compose([*common, *chosen]), overrides=common)
     rows = [
         Row(
             task=task,

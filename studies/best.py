@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,19 @@ def recover_hparams(student: str, trial: FrozenTrial) -> tuple[dict[str, Any], s
     return {**fixed, **trial.params}, "params+conf"
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial meeting the study's constraint (first of equals: the one with the model)."""
+def best_trial(study: optuna.Study, min_speedup: float | None = None) -> FrozenTrial | None:
+    """The best complete trial meeting the study's constraint (first of equals: the one with the model).
+
+    ``min_speedup``: only trials measured at least that many times faster than the teacher at batch 1
+    in their study (every trial records it), so a comparison can ask for the speed a constrained study
+    searched for even when an unconstrained study of the same student has a better, slower trial.
+    """
     from studies.search_policy import best_feasible
 
-    return best_feasible(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if min_speedup:
+        trials = [t for t in trials if float(t.user_attrs.get("latency_ratio_teacher", 0.0)) >= min_speedup]
+    return best_feasible(trials)
 
 
 def find_studied(
@@ -102,8 +111,12 @@ def find_studied(
     task: str,
     cache_key: str,
     students: list[str] | None = None,
+    min_speedup: Mapping[str, float] | None = None,
 ) -> Studied:
-    """Every study of ``task`` on ``cache_key``; per student type, the best complete trial over its studies."""
+    """Every study of ``task`` on ``cache_key``; per student type, the best complete trial over its studies.
+
+    ``min_speedup`` (student → N): that student's best is its best trial at least N× the teacher's speed.
+    """
     from students.registry import available_students
 
     known = available_students()
@@ -113,6 +126,7 @@ def find_studied(
         raise KDError(f"unknown student(s) {', '.join(unknown)}; known students: {', '.join(known)}")
     best: dict[str, BestConfig] = {}
     without_trials: set[str] = set()
+    too_slow: set[str] = set()  # complete trials, none of them fast enough
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = dict(summary.user_attrs)
         if not summary.study_name.startswith(f"{task}-") or attrs.get("cache_key") != cache_key:
@@ -123,9 +137,10 @@ def find_studied(
                 log.warning("cannot tell the student type of study %r; skipped", summary.study_name)
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trial = best_trial(study)
+        floor = (min_speedup or {}).get(student)
+        trial = best_trial(study, floor)
         if trial is None:
-            without_trials.add(student)
+            (too_slow if floor else without_trials).add(student)
             continue
         if student in best and best[student].value >= float(trial.value or 0.0):
             continue
@@ -145,8 +160,14 @@ def find_studied(
             hparams_source=source,
             search_seeds=tuple(sorted(used | {int(hparams.get("seed", 0))})),
         )
-    missing = {s: "study has no complete trial" if s in without_trials else "no study" for s in wanted if s not in best}
+    missing = {s: _why_missing(s, without_trials, too_slow, min_speedup or {}) for s in wanted if s not in best}
     return Studied(best=[best[s] for s in sorted(best)], missing=missing)
+
+
+def _why_missing(student: str, without_trials: set[str], too_slow: set[str], min_speedup: Mapping[str, float]) -> str:
+    if student in too_slow:
+        return f"no complete trial ≥ {min_speedup[student]:g}× the teacher's batch-1 speed"
+    return "study has no complete trial" if student in without_trials else "no study"
 
 
 def studies_of_task(storage: optuna.storages.BaseStorage | str, task: str) -> list[tuple[str, dict[str, Any]]]:

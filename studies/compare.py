@@ -130,6 +130,11 @@ def seeds_of(cfg: DictConfig, used: Sequence[int] = ()) -> list[int]:
     return seeds
 
 
+def speed_floors(cfg: DictConfig) -> dict[str, float]:
+    """``compare.min_speedup``: per student, the batch-1 speed-up over the teacher its best trial must have."""
+    return {str(k): float(v) for k, v in (cfg.compare.get("min_speedup") or {}).items()}
+
+
 def dir_size(path: str | Path) -> int:
     """Bytes of every file under ``path``: what the model costs to ship."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
@@ -338,7 +343,11 @@ def render_markdown(
         "",
         f"Teacher `{prep.cfg.teacher.name}` (fingerprint `{prep.teacher.fingerprint}`), "
         f"transfer cache `{prep.cache.key}`. Each student type: the best complete trial of its Optuna study, "
-        "retrained with every seed; cells are mean ± sd (sample sd) over seeds.",
+        "retrained with every seed; cells are mean ± sd (sample sd) over seeds."
+        + "".join(
+            f" The best `{name}` is its best trial measured ≥ {n:g}× the teacher's batch-1 speed in its study."
+            for name, n in sorted(speed_floors(prep.cfg).items())
+        ),
         "",
         markdown_table(columns, rows),
         "",
@@ -387,7 +396,7 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     check_studies_exist(storage, str(cfg.task.name), planned_teacher(cfg), storage_url, list(overrides))
     prep = prepare(cfg)
     set_runs_view(mlflow.get_experiment_by_name(experiment).experiment_id, prep.task.metric_names)
-    studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted)
+    studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted, speed_floors(cfg))
     seeds = seeds_of(cfg, [s for best in studied.best for s in best.search_seeds])
     if not studied.best:
         if wanted is None and all(why == "no study" for why in studied.missing.values()):

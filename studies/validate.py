@@ -130,6 +130,13 @@ def check_settings(cfg: DictConfig) -> list[str]:
             "study.search_objectives contains derivative, which needs the teacher's input derivatives in the cache: "
             "add transfer.derivatives=true"
         )
+    floors = cfg.get("compare", {}).get("min_speedup") or {}
+    if not OmegaConf.is_dict(floors) and not isinstance(floors, dict):
+        problems.append(
+            f"compare.min_speedup={floors!r}: expected a mapping of student to speed-up, e.g. {{bilstm:10}}"
+        )
+    elif any(not _is_number(v) or v <= 0 for v in floors.values()):
+        problems.append(f"compare.min_speedup={dict(floors)!r}: expected positive speed-ups, e.g. {{bilstm:10}}")
     sparsities = cfg.get("compare", {}).get("sparsities") or []
     if not isinstance(sparsities, list | tuple) and not OmegaConf.is_list(sparsities):
         problems.append(f"compare.sparsities={sparsities!r}: expected a list of numbers in (0, 1)")

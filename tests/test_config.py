@@ -143,3 +143,13 @@ def test_every_student_config_yields_its_fixed_hyper_parameters() -> None:
         assert isinstance(fixed, dict) and "name" not in fixed and "hparams" not in fixed
     assert fixed_hparams(compose(["student=lgbm", "student.hparams.n_estimators=100"]).student) == {"n_estimators": 100}
     assert fixed_hparams(compose(["student=chain"]).student)["links"] == ["bert", "bilstm"]
+
+
+def test_a_comparison_speed_floor_must_be_student_speed_up_pairs() -> None:
+    from studies.validate import check_settings
+
+    assert check_settings(compose(["compare.min_speedup={bilstm:10}"])) == []
+    (bad,) = check_settings(compose(["compare.min_speedup=10"]))
+    assert bad.startswith("compare.min_speedup=10:") and "{bilstm:10}" in bad
+    (negative,) = check_settings(compose(["compare.min_speedup={bilstm:0}"]))
+    assert "positive" in negative

@@ -123,3 +123,27 @@ def test_an_impossible_speed_constraint_leaves_no_best_trial(tiny_overrides: lis
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     files = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"trials_pareto.png", "trials_pareto.html"} <= files
+
+
+def test_a_comparison_with_a_speed_floor_takes_the_best_fast_enough_trial_over_all_studies() -> None:
+    """An unconstrained study's better but slower trial must not stand in for a constrained search's pick."""
+    from studies.best import find_studied
+
+    storage = optuna.storages.InMemoryStorage()
+
+    def study(name: str, trials: list[tuple[float, float]]) -> None:
+        made = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        made.set_user_attr("cache_key", "c")
+        made.set_user_attr("student", "bilstm")
+        for value, speedup in trials:
+            attrs = {"latency_ratio_teacher": speedup, "hparams": {"hidden": int(100 * value), "seed": 0}}
+            made.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+    study("sst2-minilm-bilstm-free", [(0.93, 9.8), (0.90, 12.0)])
+    study("sst2-minilm-bilstm-fast", [(0.92, 10.4), (0.91, 11.0)])
+    (unconstrained,) = find_studied(storage, "sst2", "c", ["bilstm"]).best
+    assert (unconstrained.study_name, unconstrained.value) == ("sst2-minilm-bilstm-free", 0.93)
+    (floored,) = find_studied(storage, "sst2", "c", ["bilstm"], {"bilstm": 10}).best
+    assert (floored.study_name, floored.value) == ("sst2-minilm-bilstm-fast", 0.92)
+    too_fast = find_studied(storage, "sst2", "c", ["bilstm"], {"bilstm": 20})
+    assert too_fast.best == [] and "≥ 20× the teacher" in too_fast.missing["bilstm"]
