@@ -321,3 +321,8 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_its_time_is_recorded(
         bench_tasks.cli([])
     assert json.loads(ledger.read_text())  # the interrupted sitting's minutes are in the ledger
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the command
+
+
+def test_a_verdict_figure_never_rounds_across_its_bound() -> None:
+    assert bench_tasks.beside(96.954, 97) == "96.95" and bench_tasks.beside(9.96, 10) == "9.96"
+    assert bench_tasks.beside(96.7, 97) == "96.7" and bench_tasks.beside(97.04, 97) == "97.0"
