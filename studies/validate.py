@@ -137,6 +137,13 @@ def check_settings(cfg: DictConfig) -> list[str]:
         )
     elif any(not _is_number(v) or v <= 0 for v in floors.values()):
         problems.append(f"compare.min_speedup={dict(floors)!r}: expected positive speed-ups, e.g. {{bilstm:10}}")
+    else:
+        from students.registry import available_students
+
+        unknown = sorted(str(k) for k in floors if str(k) not in available_students())
+        if unknown:  # a misspelt student would silently compare without its floor
+            known = ", ".join(available_students())
+            problems.append(f"compare.min_speedup: unknown student(s) {', '.join(unknown)}; known: {known}")
     sparsities = cfg.get("compare", {}).get("sparsities") or []
     if not isinstance(sparsities, list | tuple) and not OmegaConf.is_list(sparsities):
         problems.append(f"compare.sparsities={sparsities!r}: expected a list of numbers in (0, 1)")

@@ -153,3 +153,5 @@ def test_a_comparison_speed_floor_must_be_student_speed_up_pairs() -> None:
     assert bad.startswith("compare.min_speedup=10:") and "{bilstm:10}" in bad
     (negative,) = check_settings(compose(["compare.min_speedup={bilstm:0}"]))
     assert "positive" in negative
+    (misspelt,) = check_settings(compose(["compare.min_speedup={bilstn:10}"]))
+    assert "unknown student(s) bilstn" in misspelt and "bilstm" in misspelt
