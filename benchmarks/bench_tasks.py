@@ -64,7 +64,7 @@ TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "trec": "TREC", "sara": "Sara"}
 # non-embedding weights). Sara's and CoLA's teachers need more epochs than the default 2 and a
 # learning rate picked on dev; SST-2's gets a third epoch (dev still rose at its second; its 2-epoch
 # teacher scored 0.8968 on test, under the issue's 0.90 floor; the 3-epoch one, chosen on dev, scored
-# lower: README) and keeps lr 1e-4: a second learning rate costs a 26-min fine-tune on 60K sentences.
+# lower: README) and keeps lr 1e-4: a second learning rate costs one more fine-tune on 60K sentences.
 DEFAULTS: dict[str, Any] = {
     "students": "bilstm,cnn,lgbm,forest,tree,bert,chain",
     "trials": "10,sst2=1,bert=1,chain=2",  # 3 left every TREC student short of its target (README)

@@ -35,6 +35,7 @@ class SuiteRun:
     skipped: int
     seconds: float
     failed: list[str]
+    skip_reasons: list[str]
 
     @property
     def passed(self) -> int:
@@ -60,6 +61,9 @@ def read_junit(path: Path) -> SuiteRun:
         skipped=sum(int(s.get("skipped", 0)) for s in suites),
         seconds=sum(float(s.get("time", 0.0)) for s in suites),
         failed=failed,
+        skip_reasons=[
+            str(skip.get("message", "")).removeprefix("Skipped: ") for suite in suites for skip in suite.iter("skipped")
+        ],
     )
 
 
@@ -73,7 +77,7 @@ def describe(run: SuiteRun, pytest_args: list[str], when: str, cores: int, note:
     command = " ".join(["pytest", "-q", *pytest_args])
     line = (
         f"`{command}`: {run.passed} of {run.tests} tests passed"
-        + (f", {run.skipped} skipped" if run.skipped else "")
+        + (f", {run.skipped} skipped ({'; '.join(sorted(set(run.skip_reasons)))})" if run.skipped else "")
         + (f", {run.failures + run.errors} failed" if run.failures or run.errors else "")
         + f", in {_duration(run.seconds)} on {cores} CPU cores"
         + (f", {note}" if note else "")
