@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "trials": "10,sst2=1,bert=1,chain=2",  # 3 left every TREC student short of its target (README)
     "epochs": "10,sst2=0,bert=2",  # a chain's links get their own type's epochs (epoch_overrides)
     "transfer_size": "4,sst2=1",
-    "teacher_lrs": "sara=1e-4,sara=2e-4,cola=1e-4,cola=2e-4",
+    "teacher_lrs": "sara=1e-4,sara=2e-4,cola=1e-4,cola=2e-4,sst2=5e-5,sst2=1e-4",
     "overrides": (
         "sara:teacher.epochs=15",
         "cola:teacher.epochs=8",

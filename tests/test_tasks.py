@@ -365,8 +365,11 @@ REAL_DATA = Path(os.environ.get("KD_DATA_DIR") or REPO_ROOT.parent / "shared" / 
 def test_real_tasks_have_known_row_counts() -> None:
     data = str(REAL_DATA)
     sst2 = load_task("sst2", data)
-    # GLUE dev becomes test; dev is 10 % of train, stratified
-    assert (len(sst2.train), len(sst2.dev), len(sst2.test)) == (60614, 6735, 872)
+    # GLUE dev becomes test; dev is 10 % of train's 6,880 whole sentences, stratified, and train
+    # loses the 6,368 phrases found only inside them: dev is as long as test, as test-like
+    assert (len(sst2.train), len(sst2.dev), len(sst2.test)) == (60981, 688, 872)
+    mean_tokens = [sum(len(t.split()) for t in s.texts) / len(s) for s in (sst2.dev, sst2.test)]
+    assert abs(mean_tokens[0] - mean_tokens[1]) < 1.0
     cola = load_task("cola", data)
     assert (len(cola.train), len(cola.dev), len(cola.test)) == (7696, 855, 1043)
     trec = load_task("trec", data)

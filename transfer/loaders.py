@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from transfer.errors import KDError
+from transfer.phrases import sentence_dev_split
 from transfer.tasks import Split, Task, register_task
 
 DEV_FRACTION = 0.1  # share of train carved off as dev when a task ships without one
@@ -89,6 +90,20 @@ def _carve(rows: list[Row], path: Path, what: str = "a dev split") -> tuple[list
         raise KDError(f"{path}: only {len(rows)} row(s); need at least 2 to carve {what} from it")
     kept_idx, carved_idx = carve_dev_split(len(rows), labels=[r.label for r in rows])
     return [rows[i] for i in kept_idx], [rows[i] for i in carved_idx]
+
+
+def _carve_sentences(rows: list[Row], path: Path) -> tuple[list[Row], list[Row]]:
+    """Rows of a treebank-style ``path`` split into (train, dev): dev whole sentences, train without their phrases."""
+    if len(rows) < 2:
+        raise KDError(f"{path}: only {len(rows)} row(s); need at least 2 to carve a dev split from it")
+
+    def carve(n: int, labels: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+        if n < 2:
+            raise KDError(f"{path}: only {n} whole sentence(s) among its rows; need at least 2 to carve a dev split")
+        return carve_dev_split(n, labels=labels)
+
+    train_idx, dev_idx = sentence_dev_split([r.text for r in rows], carve, [r.label for r in rows])
+    return [rows[i] for i in train_idx], [rows[i] for i in dev_idx]
 
 
 def _show(line: str | bytes) -> str:
@@ -261,8 +276,10 @@ def load_sst2(data_dir: str, **options: object) -> Task:
     """GLUE SST-2: ``sst2/train.tsv`` and ``dev.tsv`` (header ``sentence<TAB>label``).
 
     GLUE ships no labelled test set, so its official dev set is our ``test`` (reported, never
-    used for a choice) and ``dev`` is carved from train (stratified, fixed seed): the teacher
-    does not train on it either.
+    used for a choice) and ``dev`` is carved from train like it: whole training sentences
+    (stratified, fixed seed), with every phrase found only inside them dropped from train
+    (``transfer.phrases``). A dev of random train rows would be mostly phrases of sentences the
+    model trained on, scoring above test without tracking it.
     """
     _no_options("sst2", options)
     folder = _task_dir(data_dir, "sst2")
@@ -272,7 +289,7 @@ def load_sst2(data_dir: str, **options: object) -> Task:
     full_train = _parse_file(path, parse, skip_header=True)
     test = _parse_file(_data_file(folder, "dev.tsv"), parse, skip_header=True)
     _check_seen(test, full_train)
-    train, dev = _carve(full_train, path)
+    train, dev = _carve_sentences(full_train, path)
     return _task("sst2", labels, "accuracy", train, dev, test)
 
 
