@@ -68,6 +68,38 @@ def split_metrics(
     return metrics
 
 
+def side_by_side_rounds(
+    models: dict[str, PredictFn],
+    texts: Sequence[str],
+    rounds: int = 8,
+    block: int = 25,
+    warmup: int = 5,
+    batch_size: int = 1,
+) -> dict[str, list[list[float]]]:
+    """Latencies (ms) of each model on batches of ``batch_size`` texts, measured in alternating blocks, per round.
+
+    Alternating spreads machine noise over all models alike, so their ratio holds even on a busy
+    machine; blocks (rather than one call each) keep every model's weights as warm in the CPU
+    caches as they would be when serving alone. Every model sees the same texts in a round. One
+    torch thread, as every latency here. ``result[name][r]`` are model ``name``'s timed calls in round ``r``.
+    """
+    pool = list(texts) or ["a"]
+    times: dict[str, list[list[float]]] = {name: [] for name in models}
+    with torch_threads(LATENCY_THREADS):
+        for r in range(rounds):
+            for name, predict in models.items():
+                timed: list[float] = []
+                for i in range(warmup + block):
+                    start_at = ((r * block + i) * batch_size) % len(pool)
+                    batch = [pool[(start_at + j) % len(pool)] for j in range(batch_size)]
+                    start = time.perf_counter()
+                    predict(batch)
+                    if i >= warmup:
+                        timed.append((time.perf_counter() - start) * 1000)
+                times[name].append(timed)
+    return times
+
+
 def side_by_side_latency(
     models: dict[str, PredictFn],
     texts: Sequence[str],
@@ -76,25 +108,14 @@ def side_by_side_latency(
     warmup: int = 5,
     batch_size: int = 1,
 ) -> dict[str, float]:
-    """Median latency (ms) of each model on batches of ``batch_size`` texts, measured in alternating blocks.
+    """Median latency (ms) of each model over every timed call of ``side_by_side_rounds``."""
+    timed = side_by_side_rounds(models, texts, rounds, block, warmup, batch_size)
+    return {name: float(statistics.median(t for r in per_round for t in r)) for name, per_round in timed.items()}
 
-    Alternating spreads machine noise over all models alike, so their ratio holds even on a busy
-    machine; blocks (rather than one call each) keep every model's weights as warm in the CPU
-    caches as they would be when serving alone. One torch thread, as every latency here.
-    """
-    pool = list(texts) or ["a"]
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch_threads(LATENCY_THREADS):
-        for r in range(rounds):
-            for name, predict in models.items():
-                for i in range(warmup + block):
-                    start_at = ((r * block + i) * batch_size) % len(pool)
-                    batch = [pool[(start_at + j) % len(pool)] for j in range(batch_size)]
-                    start = time.perf_counter()
-                    predict(batch)
-                    if i >= warmup:
-                        times[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(statistics.median(values)) for name, values in times.items()}
+
+def round_ratios(numerator: list[list[float]], denominator: list[list[float]]) -> list[float]:
+    """Per round, the ratio of two models' median latencies measured in that round (the same minutes, texts)."""
+    return [statistics.median(a) / max(statistics.median(b), 1e-9) for a, b in zip(numerator, denominator, strict=True)]
 
 
 def evaluate_model(

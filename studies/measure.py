@@ -2,21 +2,26 @@
 
 The same metrics for every student (``dev_*`` to choose by, ``test_*`` to report), its latency
 measured side by side with the teacher's in the same process and the same minutes (alternating
-blocks), so ``latency_ratio_teacher`` compares like with like even on a busy machine.
+blocks), so ``latency_ratio_teacher`` compares like with like even on a busy machine. The ratio is
+the median over rounds of each round's own ratio, so a round disturbed by another job on the
+machine is outvoted by the undisturbed ones, where one ratio of two overall medians takes
+whatever share of the disturbance each model happened to absorb. The rounds' quartiles
+are kept beside it (``…_q25`` / ``…_q75``), so a speed constraint can be read with its spread.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from students.base import FitRecord, Reporter, Student
 from students.registry import get_student_class
-from studies.evaluate import evaluate_model, side_by_side_latency
+from studies.evaluate import evaluate_model, round_ratios, side_by_side_rounds
 from studies.pipeline import Prepared, device_of
 
-LATENCY_ROUNDS = 5  # alternating blocks per model; tracking.latency_samples calls per model in all
+LATENCY_ROUNDS = 10  # alternating blocks per model, a ratio per round; tracking.latency_samples calls in all
 
 
 @dataclass
@@ -52,7 +57,7 @@ def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1
     warm-up). Otherwise timing the teacher at batch 64 took minutes per model on this CPU.
     """
     samples = max(LATENCY_ROUNDS, int(prep.cfg.tracking.latency_samples))
-    timed = side_by_side_latency(
+    timed = side_by_side_rounds(
         {"teacher": prep.teacher.predict_logits, "student": student.predict_logits},
         prep.task.dev.texts,
         rounds=LATENCY_ROUNDS,
@@ -61,11 +66,14 @@ def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1
         batch_size=batch_size,
     )
     suffix = f"b{batch_size}"
+    ratio = f"latency_ratio_teacher{'' if batch_size == 1 else '_' + suffix}"
+    q25, median, q75 = statistics.quantiles(round_ratios(timed["teacher"], timed["student"]), n=4, method="inclusive")
     return {
-        f"latency_ms_{suffix}": timed["student"],
-        f"teacher_latency_ms_{suffix}": timed["teacher"],
-        f"latency_ratio_teacher{'' if batch_size == 1 else '_' + suffix}": timed["teacher"]
-        / max(timed["student"], 1e-9),
+        f"latency_ms_{suffix}": statistics.median(t for r in timed["student"] for t in r),
+        f"teacher_latency_ms_{suffix}": statistics.median(t for r in timed["teacher"] for t in r),
+        ratio: median,
+        f"{ratio}_q25": q25,
+        f"{ratio}_q75": q75,
     }
 
 

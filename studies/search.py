@@ -197,7 +197,8 @@ def make_objective(
             if hasattr(measured.student, "artifacts"):
                 for name, text in measured.student.artifacts(prep.task.dev.texts).items():
                     mlflow.log_text(text, f"explanations/{name}")
-            for key in ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement", "sparsity"):
+            kept = ("share_of_teacher", "latency_ms_b1", "latency_ratio_teacher", "test_agreement", "sparsity")
+            for key in (*kept, "latency_ratio_teacher_q25", "latency_ratio_teacher_q75"):
                 if key in metrics:  # sparsity: neural students only (distillation with pruning)
                     trial.set_user_attr(key, metrics[key])
             trial.set_user_attr(prep.report_metric, metrics[prep.report_metric])

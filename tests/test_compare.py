@@ -83,8 +83,8 @@ def test_ratios_follow_from_the_rows(compared: Compared) -> None:
     for batch, key in (("b1", "latency_ratio_teacher"), ("b64", "latency_ratio_teacher_b64")):
         ratios = [m[key] for m in seeds]
         assert student[f"speedup_{batch}"] == pytest.approx(sum(ratios) / len(ratios))
-        for m in seeds:
-            assert m[key] == pytest.approx(m[f"teacher_latency_ms_{batch}"] / m[f"latency_ms_{batch}"])
+        for m in seeds:  # each seed's: the median of its per-round ratios, its quartiles beside it
+            assert m[f"{key}_q25"] <= m[key] <= m[f"{key}_q75"]
         assert teacher[f"speedup_{batch}"] == 1.0
     assert teacher["latency_ms_b1"].mean == compared.first.teacher["latency_ms_b1"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from studies.measure import LATENCY_ROUNDS, latency_beside_teacher
 
@@ -32,3 +33,34 @@ def test_batch_latency_uses_fewer_calls_of_the_same_texts() -> None:
     teacher_calls.clear(), student_calls.clear()
     latency_beside_teacher(SimpleNamespace(predict_logits=student), prep, batch_size=64)
     assert student_calls == teacher_calls == [64] * (LATENCY_ROUNDS * 2)  # one warm-up and one timed call a round
+
+
+def test_speedup_is_the_median_of_per_round_ratios_with_its_quartiles(monkeypatch) -> None:
+    """A round disturbed by another job (here: the student's block 5x slower in two rounds) is outvoted."""
+    import studies.evaluate as evaluate
+
+    clock = [0.0]
+    monkeypatch.setattr(evaluate.time, "perf_counter", lambda: clock[0])
+    calls = {"student": 0}
+    per_round = 2 + 200 // LATENCY_ROUNDS  # warm-up and timed calls of one block
+
+    def teacher(texts: list[str]) -> np.ndarray:
+        clock[0] += 0.010
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    def student(texts: list[str]) -> np.ndarray:
+        disturbed = calls["student"] // per_round in (2, 7)
+        calls["student"] += 1
+        clock[0] += 0.001 * (5 if disturbed else 1)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    prep = SimpleNamespace(
+        cfg=SimpleNamespace(tracking=SimpleNamespace(latency_samples=200)),
+        teacher=SimpleNamespace(predict_logits=teacher),
+        task=SimpleNamespace(dev=SimpleNamespace(texts=["a text"])),
+    )
+    out = latency_beside_teacher(SimpleNamespace(predict_logits=student), prep)
+    assert out["latency_ratio_teacher"] == pytest.approx(10.0)
+    assert out["latency_ratio_teacher_q25"] == pytest.approx(10.0)  # 8 of 10 rounds are undisturbed
+    assert out["latency_ratio_teacher_q75"] == pytest.approx(10.0)
+    assert out["teacher_latency_ms_b1"] == pytest.approx(10.0) and out["latency_ms_b1"] == pytest.approx(1.0)

@@ -192,11 +192,11 @@ def test_an_interrupted_fine_tune_checkpoints_where_it_stopped_and_resumes_there
     assert record["resumed_from_step"] == 5 and record["steps"] > 5
 
 
-def test_the_kept_teacher_is_its_best_epoch_on_dev(tiny_teacher) -> None:
+def test_the_kept_teacher_is_its_best_epoch_on_dev(tiny_teacher, tiny_finetune_config: FineTuneConfig) -> None:
     """select_epoch: every epoch is scored on dev and the weights kept are the best one's, not the last one's."""
     record = json.loads((tiny_teacher.path / TRAINING_RECORD).read_text())
     scored = record["epochs_scored"]
-    assert len(scored) == 4  # the tiny config's 4 epochs, each scored once
+    assert len(scored) == tiny_finetune_config.epochs  # the tiny config's epochs, each scored once
     best = max(scored, key=lambda e: e["dev_score"])
     assert record["chosen_epoch"] == best["epoch"]
     assert record["dev_scores"][record["metric"]] == pytest.approx(best["dev_score"], abs=1e-6)
