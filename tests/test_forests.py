@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from students.base import DevSet, Student
-from students.forests import ForestStudent
+from students.forests import ForestStudent, LGBMStudent
 from students.registry import available_students, build_student
 from transfer.cache import TransferCache, TransferSet, get_or_build_cache
 from transfer.tasks import Split
@@ -186,3 +186,14 @@ def test_explanations_cost_at_most_a_budget_of_text_output_pairs(cache: Transfer
     assert seen == [max(5, 60 // n_outputs)]
     explain(student, cache.dev_texts * 10, sample=5, max_texts=200, budget=10_000)
     assert seen[-1] == 200  # a large budget leaves max_texts in charge
+
+
+def test_lgbm_stops_once_dev_stops_improving_and_keeps_its_best_round(cache: TransferCache) -> None:
+    student, reports = fitted("lgbm", cache, n_estimators=1000, eval_every=10, early_stop_rounds=30)
+    assert isinstance(student, LGBMStudent)
+    best_score = max(v for _, v in reports)
+    best_step = min(s for s, v in reports if v == best_score)  # ties go to fewer rounds
+    last_step = reports[-1][0]
+    assert last_step < 1000 and last_step - best_step == 30  # stopped 30 rounds after the best
+    assert student.num_iteration == best_step
+    assert student.models[-1].booster_.current_iteration() == best_step  # LightGBM keeps trees up to the best
