@@ -395,8 +395,9 @@ def test_trial_latency_ratio_is_measured_beside_the_teacher(tiny_study: dict[str
     """latency_ratio_teacher used to divide by a teacher figure taken minutes earlier under other load."""
     for run in tiny_study["runs"]:
         if run.data.tags.get("role") == "trial":
-            m = run.data.metrics
-            assert m["latency_ratio_teacher"] == pytest.approx(m["teacher_latency_ms_b1"] / m["latency_ms_b1"])
+            m = run.data.metrics  # the median of per-round ratios (teacher and student timed in each round)
+            assert m["latency_ratio_teacher_q25"] <= m["latency_ratio_teacher"] <= m["latency_ratio_teacher_q75"]
+            assert m["teacher_latency_ms_b1"] > 0 and m["latency_ms_b1"] > 0
 
 
 def test_closing_line_reports_test_beside_the_teachers_test(tiny_study: dict[str, Any]) -> None:
