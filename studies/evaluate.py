@@ -100,17 +100,14 @@ def side_by_side_rounds(
     return times
 
 
-def side_by_side_latency(
-    models: dict[str, PredictFn],
-    texts: Sequence[str],
-    rounds: int = 8,
-    block: int = 25,
-    warmup: int = 5,
-    batch_size: int = 1,
-) -> dict[str, float]:
-    """Median latency (ms) of each model over every timed call of ``side_by_side_rounds``."""
-    timed = side_by_side_rounds(models, texts, rounds, block, warmup, batch_size)
-    return {name: float(statistics.median(t for r in per_round for t in r)) for name, per_round in timed.items()}
+def side_by_side_latency(models: dict[str, PredictFn], texts: Sequence[str], **options: int) -> dict[str, float]:
+    """Median latency (ms) of each model over every timed call of ``side_by_side_rounds`` (same ``options``)."""
+    return {name: pooled_median(per_round) for name, per_round in side_by_side_rounds(models, texts, **options).items()}
+
+
+def pooled_median(per_round: list[list[float]]) -> float:
+    """The median of every timed call, all rounds pooled."""
+    return float(statistics.median(t for calls in per_round for t in calls))
 
 
 def round_ratios(numerator: list[list[float]], denominator: list[list[float]]) -> list[float]:

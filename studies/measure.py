@@ -18,7 +18,7 @@ from typing import Any
 
 from students.base import FitRecord, Reporter, Student
 from students.registry import get_student_class
-from studies.evaluate import evaluate_model, round_ratios, side_by_side_rounds
+from studies.evaluate import evaluate_model, pooled_median, round_ratios, side_by_side_rounds
 from studies.pipeline import Prepared, device_of
 
 LATENCY_ROUNDS = 10  # alternating blocks per model, a ratio per round; tracking.latency_samples calls in all
@@ -69,8 +69,8 @@ def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1
     ratio = f"latency_ratio_teacher{'' if batch_size == 1 else '_' + suffix}"
     q25, median, q75 = statistics.quantiles(round_ratios(timed["teacher"], timed["student"]), n=4, method="inclusive")
     return {
-        f"latency_ms_{suffix}": statistics.median(t for r in timed["student"] for t in r),
-        f"teacher_latency_ms_{suffix}": statistics.median(t for r in timed["teacher"] for t in r),
+        f"latency_ms_{suffix}": pooled_median(timed["student"]),
+        f"teacher_latency_ms_{suffix}": pooled_median(timed["teacher"]),
         ratio: median,
         f"{ratio}_q25": q25,
         f"{ratio}_q75": q75,
