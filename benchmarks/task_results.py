@@ -118,6 +118,17 @@ def same_teacher(old: TaskResult, new: TaskResult) -> str | None:
     return None
 
 
+def _keep_stored_pick(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new``'s record, with the learning-rate pick on dev that ``old``'s run made for this same teacher.
+
+    A later run of some students can name the kept learning rate instead of fine-tuning the losing
+    one again; the pick it would repeat still stands, and the table keeps saying what it saw.
+    """
+    if new.get("lr_choice") or not old.get("lr_choice"):
+        return new
+    return {**new, "lr_choice": old["lr_choice"]}
+
+
 def _runs(result: TaskResult) -> list[dict[str, Any]]:
     """Every run behind ``result``'s rows, its own (last) included: models, budget, command, setup."""
     earlier_models = {m for e in result.earlier for m in e["models"]}
@@ -152,7 +163,7 @@ def combine(old: TaskResult, new: TaskResult) -> TaskResult:
         rows=rows,
         missing={**{k: v for k, v in old.missing.items() if k in kept_models}, **new.missing},
         minutes=sum(minutes.values()),  # each setup's ledger total: every sitting, the earlier runs' included
-        teacher_record=new.teacher_record,
+        teacher_record=_keep_stored_pick(old.teacher_record, new.teacher_record),
         pareto=new.pareto,
         students=[s for s in STUDENTS if s in new.students or s in kept_models],
         defaults_best={**{k: v for k, v in old.defaults_best.items() if k in kept_models}, **new.defaults_best},

@@ -237,6 +237,20 @@ def test_a_run_of_some_students_joins_the_stored_rows_only_against_the_same_teac
     assert [r.model for r in table.rows] == ["teacher (minilm)", "bert"] and table.earlier == []
 
 
+def test_a_later_run_naming_the_kept_learning_rate_keeps_the_stored_pick(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    first = _run(["bilstm"], 0.93, "first")
+    first.teacher_record["lr_choice"] = "lr 5e-05: dev 0.9200, lr 0.0001: dev 0.9300"
+    bench_tasks.merge_results(path, [first])
+    (table,) = bench_tasks.merge_results(path, [_run(["bert"], 0.93, "second")])  # no pick of its own
+    assert table.teacher_record["lr_choice"] == first.teacher_record["lr_choice"]
+    assert "lr picked on dev: lr 5e-05: dev 0.9200" in bench_tasks.render([table])
+    own = _run(["cnn"], 0.93, "third")
+    own.teacher_record["lr_choice"] = "lr 0.0001: dev 0.9300, lr 0.0002: dev 0.9100"
+    (table,) = bench_tasks.merge_results(path, [own])  # a pick of its own wins
+    assert table.teacher_record["lr_choice"] == own.teacher_record["lr_choice"]
+
+
 def test_runs_that_differ_in_transfer_set_size_share_the_table_and_add_their_minutes(tmp_path: Path) -> None:
     """The transfer set is the students' budget: a 16x run of two students joins the 4x rows of the same teacher."""
     path = tmp_path / "tasks.json"
