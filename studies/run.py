@@ -166,6 +166,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
         # Counts every worker's finished and running trials (and fails those of dead workers), so
         # N workers on one study stop at the target together; see workers.needs_more_trials.
         if workers.needs_more_trials(study, target, poll, deadline):
+            workers.quiet_skipped_trials()
             study.optimize(
                 search.make_objective(prep, str(cfg.student.name), fixed, tags, target),
                 n_trials=target - workers.finished_trials(study),

@@ -32,6 +32,39 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward study.
 class OverTarget(Exception):
     """This trial would take the study past its target: it is ended before doing any work."""
 
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.number = number
+
+
+class OneLineForSkippedTrials(logging.Filter):
+    """Optuna logs a caught ``OverTarget`` as a failed trial, traceback and all; it is a planned skip.
+
+    Installed on Optuna's optimize logger: the skip becomes one line that says why, and Optuna's
+    follow-up "failed with value None" line for that trial is dropped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, OverTarget):
+            self.skipped.add(err.number)
+            record.msg, record.args, record.exc_info, record.exc_text = f"{err} (not a failure)", (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed with value") for n in self.skipped)
+
+
+def quiet_skipped_trials() -> None:
+    """Install ``OneLineForSkippedTrials`` once per process."""
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, OneLineForSkippedTrials) for f in optimize_log.filters):
+        optimize_log.addFilter(OneLineForSkippedTrials())
+
 
 def make_storage(url: str, heartbeat_interval: int, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
     """Optuna RDB storage with heartbeats: a trial whose worker died is failed and re-queued (see StaleTrialHandler).
@@ -201,7 +234,8 @@ def check_under_target(trial: optuna.Trial, target: int) -> None:
     ahead = sum(t.number < trial.number for t in active)
     if ahead >= target:
         trial.set_user_attr("fail_reason", f"skipped: the study already had {target} trials finished or running")
-        raise OverTarget(f"trial {trial.number} skipped: {ahead} earlier trials already cover study.n_trials={target}")
+        why = f"trial {trial.number} skipped: {ahead} earlier trials already cover study.n_trials={target}"
+        raise OverTarget(trial.number, why)
 
 
 def close_dead_study_runs(experiment_id: str, study_name: str) -> None:

@@ -480,3 +480,31 @@ def test_the_chains_own_config_passes_validation() -> None:
     validate(cfg, fixed_hparams(cfg.student))  # raised "links: expected a string" before
     cfg = compose(["student=chain", "student.links=[cnn,bilstm]"])
     validate(cfg, fixed_hparams(cfg.student))
+
+
+def test_a_skipped_racer_is_one_log_line_without_a_traceback(tmp_path: Path) -> None:
+    """Optuna logs a caught OverTarget as a failure with a traceback; the user sees one line that says why."""
+    import logging
+
+    from studies.workers import OverTarget, quiet_skipped_trials
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    optuna_log = logging.getLogger("optuna")
+    optuna_log.addHandler(handler)
+    try:
+        quiet_skipped_trials()
+        quiet_skipped_trials()  # idempotent: one filter, not two
+
+        def objective(trial: optuna.Trial) -> float:
+            raise OverTarget(trial.number, f"trial {trial.number} skipped: 1 earlier trial covers study.n_trials=1")
+
+        optuna.create_study().optimize(objective, n_trials=1, catch=(OverTarget,))
+    finally:
+        optuna_log.removeHandler(handler)
+    messages = [r.getMessage() for r in records if r.name == "optuna.study._optimize"]
+    assert messages == ["trial 0 skipped: 1 earlier trial covers study.n_trials=1 (not a failure)"]
+    assert all(r.exc_info is None and r.levelname == "INFO" for r in records)
+    filters = logging.getLogger("optuna.study._optimize").filters
+    assert sum(type(f).__name__ == "OneLineForSkippedTrials" for f in filters) == 1
