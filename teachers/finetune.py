@@ -48,9 +48,15 @@ class FineTuneConfig(FromMapping):
     tiny: dict[str, int] = field(default_factory=dict)  # sizes for teacher.name=tiny
 
     def key_fields(self) -> dict[str, Any]:
-        """What changes the fine-tuned weights (checkpointing frequency does not)."""
+        """What changes the fine-tuned weights (checkpointing frequency does not).
+
+        Whole epochs are keyed as integers, so ``teacher.epochs=3`` and ``teacher.epochs=3.0`` (one
+        schedule, two spellings) find the same cached teacher instead of fine-tuning it twice.
+        """
         fields_ = asdict(self)
         fields_.pop("checkpoint_every")
+        if float(self.epochs).is_integer():
+            fields_["epochs"] = int(self.epochs)
         return fields_
 
 

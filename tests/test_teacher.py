@@ -123,6 +123,13 @@ def test_teacher_key_tracks_what_changes_the_weights(tiny_task, tiny_finetune_co
     assert key == teacher_key(base, tiny_task, replace(tiny_finetune_config, checkpoint_every=7))
     assert key != teacher_key(base, tiny_task, replace(tiny_finetune_config, seed=1))
     assert key != teacher_key(base, tiny_task, replace(tiny_finetune_config, epochs=1.0))
+    whole = float(int(tiny_finetune_config.epochs) + 1)  # one schedule spelled 2 or 2.0: one teacher
+    assert teacher_key(base, tiny_task, replace(tiny_finetune_config, epochs=whole)) == teacher_key(
+        base, tiny_task, replace(tiny_finetune_config, epochs=int(whole))
+    )
+    assert teacher_key(base, tiny_task, replace(tiny_finetune_config, epochs=whole)) != teacher_key(
+        base, tiny_task, replace(tiny_finetune_config, epochs=whole + 0.5)
+    )
     assert key != teacher_key(BaseModel("unused", "hub:other"), tiny_task, tiny_finetune_config)
 
 
