@@ -181,7 +181,13 @@ class ChainStudent(Student):
                 labeler = StudentLabeler(link, assets_from=current.assets)
                 # the next link matches derivatives: this assistant computes its own for it
                 wants = float(self.link_hparams(i + 1).get("derivative_weight") or 0.0) > 0
-                produced = get_or_build_cache(labeler, transfer_set_of(current), current.path.parent, derivatives=wants)
+                produced = get_or_build_cache(
+                    labeler,
+                    transfer_set_of(current),
+                    current.path.parent,
+                    derivatives=wants,
+                    progress=self.runtime.progress,
+                )
             self._records.append(self._link_record(i, link, current, parent_key, score, produced))
             if produced is not None:
                 current, parent_key = produced, current.key

@@ -89,7 +89,12 @@ def planned_teacher(cfg: DictConfig) -> str:
 def _teacher(cfg: DictConfig, task: Task) -> Teacher:
     """The fine-tuned teacher for these settings: from the cache, or fine-tuned once and cached."""
     return get_teacher(
-        str(cfg.teacher.name), task, teacher_config(cfg), Path(str(cfg.cache_dir)), device=device_of(cfg)
+        str(cfg.teacher.name),
+        task,
+        teacher_config(cfg),
+        Path(str(cfg.cache_dir)),
+        device=device_of(cfg),
+        progress=bool(cfg.progress),
     )
 
 
@@ -124,6 +129,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         batch_size=int(cfg.transfer.label_batch_size),
         sort_by_length=bool(cfg.transfer.sort_by_length),
         derivatives=bool(cfg.transfer.get("derivatives", False)),
+        progress=bool(cfg.progress),
     )
     metrics = evaluate_model(
         teacher.predict_logits,

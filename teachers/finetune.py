@@ -113,7 +113,13 @@ def _epoch_ends(steps_per_epoch: int, total: int) -> list[int]:
 
 
 def _train(
-    model: Any, tokenizer: Any, task: Task, config: FineTuneConfig, work: Path, device: torch.device
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    config: FineTuneConfig,
+    work: Path,
+    device: torch.device,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The fine-tuning loop, resumable from ``work/checkpoint.pt``.
 
@@ -179,7 +185,7 @@ def _train(
         epoch_batches.extend(bucketed_batches(lengths, config.batch_size, rng))
     epoch_batches = epoch_batches[:total]
     started = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc="fine-tuning teacher", unit="step")
+    bar = tqdm(total=total, initial=step, desc="fine-tuning teacher", unit="step", disable=not progress)
     done = step  # steps whose update is complete: what an interruption's checkpoint holds
     try:
         for i in range(step, total):
@@ -229,8 +235,18 @@ def planned_teacher_key(name: str, task: Task, config: FineTuneConfig, root: str
     return teacher_key(_resolve(name, task, config, Path(root) / "teachers" / "probe"), task, config)
 
 
-def get_teacher(name: str, task: Task, config: FineTuneConfig, root: str | Path, device: str | None = None) -> Teacher:
-    """The fine-tuned teacher for (``name``, task, config): loaded if cached, else fine-tuned now."""
+def get_teacher(
+    name: str,
+    task: Task,
+    config: FineTuneConfig,
+    root: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+) -> Teacher:
+    """The fine-tuned teacher for (``name``, task, config): loaded if cached, else fine-tuned now.
+
+    ``progress=False`` (a background run's log) drops the step bar; each epoch's dev score still prints.
+    """
     root = Path(root) / "teachers"
     root.mkdir(parents=True, exist_ok=True)
     probe = root / "probe"  # only a location for the tiny base; never written for other teachers
@@ -250,7 +266,7 @@ def get_teacher(name: str, task: Task, config: FineTuneConfig, root: str | Path,
                 )
             model, tokenizer = _load_base(base, task.num_labels)
             dev_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            stats = _train(model, tokenizer, task, config, work, dev_device)
+            stats = _train(model, tokenizer, task, config, work, dev_device, progress)
             scores = _evaluate(model, tokenizer, task, config, dev_device)
             model.config.id2label = dict(enumerate(task.labels))
             model.config.label2id = {label: i for i, label in enumerate(task.labels)}

@@ -207,3 +207,17 @@ def test_the_kept_teacher_is_its_best_epoch_on_dev(tiny_teacher, tiny_finetune_c
     best = max(scored, key=lambda e: e["dev_score"])
     assert record["chosen_epoch"] == best["epoch"]
     assert record["dev_scores"][record["metric"]] == pytest.approx(best["dev_score"], abs=1e-6)
+
+
+def test_progress_off_quiets_the_fine_tune_and_labelling_bars(
+    tiny_task, tiny_finetune_config: FineTuneConfig, tmp_path, capsys
+) -> None:
+    """A background run's log (``progress=false``) gets each epoch's dev score, not thousands of bar updates."""
+    from transfer.cache import get_or_build_cache
+    from transfer.transfer_set import make_transfer_set
+
+    teacher = get_teacher("tiny", tiny_task, tiny_finetune_config, tmp_path, device="cpu", progress=False)
+    get_or_build_cache(teacher, make_transfer_set(tiny_task), tmp_path / "transfer", progress=False)
+    out, err = capsys.readouterr()
+    assert "teacher after epoch" in out + err
+    assert "fine-tuning teacher" not in out + err and "labelling" not in out + err

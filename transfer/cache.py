@@ -312,7 +312,14 @@ def _outputs(labeler: Labeler, derivatives: bool, only_derivatives: bool = False
 
 
 def _label_split(
-    label: LabelFn, lengths: np.ndarray, texts: Sequence[str], work: Path, prefix: str, batch_size: int, sort: bool
+    label: LabelFn,
+    lengths: np.ndarray,
+    texts: Sequence[str],
+    work: Path,
+    prefix: str,
+    batch_size: int,
+    sort: bool,
+    progress: bool = True,
 ) -> list[str]:
     """Label ``texts`` in length-sorted batches, one resumable chunk file at a time.
 
@@ -328,7 +335,7 @@ def _label_split(
     chunks = [order[i : i + size] for i in range(0, n, size)]
     arrays: dict[str, np.ndarray] = {}
     needed: set[str] | None = None  # the arrays a chunk must hold (known after the first batch)
-    bar = tqdm(total=n, desc=f"labelling {prefix}", unit="text", leave=False)
+    bar = tqdm(total=n, desc=f"labelling {prefix}", unit="text", leave=False, disable=not progress)
     for c, idx in enumerate(chunks):
         chunk_file = work / f"{prefix}_chunk{c:05d}.npz"
         got = _load_chunk(chunk_file, idx, needed)
@@ -408,6 +415,7 @@ def _write_cache(
     sort_by_length: bool,
     derivatives: bool = False,
     base: TransferCache | None = None,
+    progress: bool = True,
 ) -> None:
     """Label every split into ``work``; with ``base`` (same texts, same labeler) only the derivatives are computed."""
     log.info(
@@ -425,7 +433,9 @@ def _write_cache(
         names += [name for name in base.manifest["shapes"] if not name.endswith("_derivatives")]
     label = _outputs(labeler, derivatives, only_derivatives=base is not None)
     for prefix, texts, labels in transfer.splits():
-        names += _label_split(label, labeler.text_lengths(texts), texts, work, prefix, batch_size, sort_by_length)
+        names += _label_split(
+            label, labeler.text_lengths(texts), texts, work, prefix, batch_size, sort_by_length, progress
+        )
         if base is None:
             np.save(work / f"{prefix}_labels.npy", np.asarray(labels, dtype=np.int64))
             names.append(f"{prefix}_labels")
@@ -477,6 +487,7 @@ def get_or_build_cache(
     sort_by_length: bool = True,
     lock_timeout: float = -1,
     derivatives: bool = False,
+    progress: bool = True,
 ) -> TransferCache:
     """Return the cache for (labeler, transfer set), labelling only if no complete one exists.
 
@@ -511,6 +522,6 @@ def get_or_build_cache(
         if resumed:
             log.info("resuming cache %s from %d labelled chunks", key, resumed)
         base = _complete(root / cache_key(labeler.fingerprint, transfer)) if derivatives else None
-        _write_cache(labeler, transfer, key, work, batch_size, sort_by_length, derivatives, base)
+        _write_cache(labeler, transfer, key, work, batch_size, sort_by_length, derivatives, base, progress)
         os.replace(work, final)
     return TransferCache(final)
