@@ -177,6 +177,7 @@ def _study_and_compare(
     from studies.run import describe, run_study
 
     defaults_best: dict[str, bool | None] = {}
+    searched: dict[str, str] = {}  # student → the study this run's setup searched
     for student in students:
         trials = per_task(args.trials, task, student)
         overrides = [*common, f"student={student}", f"study.n_trials={trials}"]
@@ -188,6 +189,7 @@ def _study_and_compare(
         result = run_study(compose(overrides))
         print(describe(result).splitlines()[1], flush=True)
         defaults_best[student] = best_was_defaults(result)
+        searched[student] = result.study_name
         clock.lap()
     listing = "[" + ",".join(students) + "]"
     chosen = [f"compare.students={listing}", f"compare.seeds={args.seeds}"]
@@ -216,7 +218,31 @@ def _study_and_compare(
         budget=describe_budget(args, common, {s: student_overrides(extra, task, s) for s in students}),
         command=" ".join(["python -m benchmarks.bench_tasks", *sys.argv[1:]]), setup=sorted(common),
         minutes_by_setup={setup_id(common): minutes},
+        picked={r.label: picked_from(r.best, searched) for r in comparison.results if r.seeds},
     )  # fmt: skip
+
+
+def picked_from(best: Any, searched: dict[str, str]) -> dict[str, Any]:
+    """Where a row's configuration came from: study, trial, its dev score, and whether this run searched that study."""
+    return {
+        "study": best.study_name,
+        "trial": best.trial_number,
+        "dev": best.value,
+        "this_run": searched.get(best.student) == best.study_name,
+    }
+
+
+def provenance(results: Sequence[TaskResult]) -> list[str]:
+    """One line per row: the trial behind it, so a row that an earlier, better study supplied says so."""
+    lines = []
+    for r in results:
+        for model, pick in r.picked.items():
+            earlier = "" if pick["this_run"] else "; an earlier study's, whose best dev score beat this run's study"
+            lines.append(
+                f"- {TASK_LABELS.get(r.task, r.task)} {model}: trial {pick['trial']} of `{pick['study']}` "
+                f"(dev {pick['dev']:.4f}{earlier})"
+            )
+    return lines
 
 
 def describe_budget(
@@ -588,6 +614,15 @@ def render(results: Sequence[TaskResult]) -> str:
         f"The student's defaults, enqueued as each new study's first trial, were its best trial (on dev) in "
         f"{sum(decided)} of {len(decided)} studies.",
     ]
+    picks = provenance(results)
+    if picks:
+        lines += [
+            "",
+            "Each row's configuration is its student's best trial on dev over every study of the task "
+            "on that transfer set (its seeds retrained fresh):",
+            "",
+            *picks,
+        ]
     not_run = [
         f"{TASK_LABELS.get(r.task, r.task)}: {', '.join(s for s in STUDENTS if s not in r.students)}"
         for r in results

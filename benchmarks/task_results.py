@@ -62,6 +62,10 @@ class TaskResult:
     setup: list[str] = field(default_factory=list)  # the task's Hydra overrides (teacher, transfer set), sorted
     earlier: list[dict[str, Any]] = field(default_factory=list)  # rows kept from earlier runs: models, budget, command
     minutes_by_setup: dict[str, float] = field(default_factory=dict)  # ledger total per setup behind the rows
+    # per student row: the study and trial its configuration came from, that trial's dev score, and
+    # whether that study is the one this run's setup searched (compare takes the best on dev over
+    # every study of the task on the transfer set, so a better earlier study can supply the row)
+    picked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def teacher_fingerprint(record: dict[str, Any]) -> str:
@@ -172,6 +176,7 @@ def combine(old: TaskResult, new: TaskResult) -> TaskResult:
         setup=new.setup,
         earlier=earlier,
         minutes_by_setup=minutes,
+        picked={**{k: v for k, v in old.picked.items() if k in kept_models}, **new.picked},
     )
 
 

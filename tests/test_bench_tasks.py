@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert (
         "Not run (outside this budget, `--students`): SST-2: cnn, bert, lgbm, forest, chain." in text
     )  # the teacher recipe was chosen on dev, and says so
+    assert set(results[0].picked) == {"bilstm", "tree"}
+    assert all(pick["this_run"] for pick in results[0].picked.values())  # no other study of these students
+    assert re.search(r"- SST-2 bilstm: trial \d+ of `sst2-[^`]+` \(dev [\d.]+\)\n", text)
     # a rerun trains nothing new: studies are full and the seed runs are reused
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
@@ -340,3 +344,20 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_its_time_is_recorded(
 def test_a_verdict_figure_never_rounds_across_its_bound() -> None:
     assert bench_tasks.beside(96.954, 97) == "96.95" and bench_tasks.beside(9.96, 10) == "9.96"
     assert bench_tasks.beside(96.7, 97) == "96.7" and bench_tasks.beside(97.04, 97) == "97.0"
+
+
+def test_each_row_says_which_trial_it_came_from_and_when_an_earlier_study_supplied_it(tmp_path: Path) -> None:
+    first = _run(["bilstm", "cnn"], 0.93, "first")
+    first.picked = {
+        "bilstm": {"study": "sst2-a", "trial": 3, "dev": 0.81, "this_run": True},
+        "cnn": {"study": "sst2-b", "trial": 7, "dev": 0.84, "this_run": False},
+    }
+    path = tmp_path / "tasks.json"
+    bench_tasks.merge_results(path, [first])
+    second = _run(["bert"], 0.93, "second")
+    second.picked = {"bert": {"study": "sst2-c", "trial": 0, "dev": 0.86, "this_run": True}}
+    (table,) = bench_tasks.merge_results(path, [second])
+    assert set(table.picked) == {"bilstm", "cnn", "bert"}  # the kept rows keep their provenance
+    text = bench_tasks.render([table])
+    assert "- SST-2 bilstm: trial 3 of `sst2-a` (dev 0.8100)\n" in text
+    assert "- SST-2 cnn: trial 7 of `sst2-b` (dev 0.8400; an earlier study's, whose best dev score beat" in text
