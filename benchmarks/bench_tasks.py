@@ -195,6 +195,8 @@ def _study_and_compare(
     chosen = [f"compare.students={listing}", f"compare.seeds={args.seeds}"]
     if args.min_speedup and "bilstm" in students:  # its row is the best trial that is fast enough, as its study's
         chosen.append(f"compare.min_speedup={{bilstm:{args.min_speedup:g}}}")
+    if args.only_searched:  # an ablation: each row is this run's configuration, not an earlier study's better one
+        chosen.append("compare.studies=[" + ",".join(searched.values()) + "]")
     comparison = compare(compose([*common, *chosen]), overrides=common)
     rows = [
         Row(
@@ -259,6 +261,7 @@ def describe_budget(
         + (f"; this task's overrides `{' '.join(overrides)}`" if overrides else "")
         + (f"; fixed per student: {own}" if own else "")
         + (f"; the BiLSTM's study constrained to ≥ {args.min_speedup:g}× the teacher's speed" if speed else "")
+        + ("; rows from this run's studies only (`--only-searched`)" if getattr(args, "only_searched", False) else "")
     )
 
 
@@ -730,6 +733,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     add("--no-default-overrides", action="store_true", help="leave out the per-task teacher recipes (DEFAULTS)")
     parser.add_argument("--redraw", action="store_true", help="rewrite table and plots from tasks.json only")
     parser.add_argument("--min-speedup", type=float, default=0.0, help="the BiLSTM study's speed constraint")
+    parser.add_argument(
+        "--only-searched",
+        action="store_true",
+        help="compare only the studies this run searched (an ablation), not the best trial of every study of the task",
+    )
     parser.add_argument("--out", default=str(OUT_DIR / "tasks.md"), help="the Markdown table (CSV beside it)")
     parser.add_argument(
         "--ledger", default=None, help="wall time added up per task setup (default: tasks_minutes.json beside --out)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,13 @@ def find_studied(
     cache_key: str,
     students: list[str] | None = None,
     min_speedup: Mapping[str, float] | None = None,
+    only: Sequence[str] | None = None,
 ) -> Studied:
     """Every study of ``task`` on ``cache_key``; per student type, the best complete trial over its studies.
 
     ``min_speedup`` (student → N): that student's best is its best trial at least N× the teacher's speed.
+    ``only``: just these studies (by name). An ablation needs it: its fixed configuration must be what is
+    retrained, not a better trial that another study of the same student found on the same cache.
     """
     from students.registry import available_students
 
@@ -130,6 +133,8 @@ def find_studied(
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = dict(summary.user_attrs)
         if not summary.study_name.startswith(f"{task}-") or attrs.get("cache_key") != cache_key:
+            continue
+        if only is not None and summary.study_name not in only:
             continue
         student = student_of(summary.study_name, attrs, known)
         if student is None or student not in wanted:
@@ -161,6 +166,8 @@ def find_studied(
             search_seeds=tuple(sorted(used | {int(hparams.get("seed", 0))})),
         )
     missing = {s: _why_missing(s, without_trials, too_slow, min_speedup or {}) for s in wanted if s not in best}
+    if only is not None:  # "no study" alone would hide that the list, not the storage, left the student out
+        missing = {s: why.replace("no study", "no study among compare.studies", 1) for s, why in missing.items()}
     return Studied(best=[best[s] for s in sorted(best)], missing=missing)
 
 

@@ -396,7 +396,8 @@ def compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Comparison:
     check_studies_exist(storage, str(cfg.task.name), planned_teacher(cfg), storage_url, list(overrides))
     prep = prepare(cfg)
     set_runs_view(mlflow.get_experiment_by_name(experiment).experiment_id, prep.task.metric_names)
-    studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted, speed_floors(cfg))
+    only = as_names(cfg.compare.get("studies"))
+    studied = find_studied(storage, str(cfg.task.name), prep.cache.key, wanted, speed_floors(cfg), only)
     seeds = seeds_of(cfg, [s for best in studied.best for s in best.search_seeds])
     if not studied.best:
         if wanted is None and all(why == "no study" for why in studied.missing.values()):

@@ -144,6 +144,9 @@ def check_settings(cfg: DictConfig) -> list[str]:
         if unknown:  # a misspelt student would silently compare without its floor
             known = ", ".join(available_students())
             problems.append(f"compare.min_speedup: unknown student(s) {', '.join(unknown)}; known: {known}")
+    named = cfg.get("compare", {}).get("studies")
+    if named is not None and not isinstance(named, str | list | tuple) and not OmegaConf.is_list(named):
+        problems.append(f"compare.studies={named!r}: expected study names, e.g. [sara-minilm-cnn-1a2b3c]")
     sparsities = cfg.get("compare", {}).get("sparsities") or []
     if not isinstance(sparsities, list | tuple) and not OmegaConf.is_list(sparsities):
         problems.append(f"compare.sparsities={sparsities!r}: expected a list of numbers in (0, 1)")

@@ -40,6 +40,13 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
     assert again[0].minutes > results[0].minutes  # the ledger adds the second sitting to the first
+    # an ablation: a fixed configuration is compared on its own study, not on the earlier study's best trial
+    ablation = ["--students", "tree", "--only-searched", "--out", str(tmp_path / "ablation" / "tasks.md")]
+    fixed = "sst2.tree:student.hparams.max_depth=1"
+    (ablated,) = bench_tasks.main([*argv[:2], *argv[4:], *ablation, "--", *overrides, fixed])
+    pick = ablated.picked["tree"]
+    assert pick["this_run"] and pick["study"] != results[0].picked["tree"]["study"]
+    assert "rows from this run's studies only (`--only-searched`)" in ablated.budget
 
 
 def test_task_prefixed_overrides_apply_to_their_task_only() -> None:

@@ -148,3 +148,21 @@ def test_a_comparison_with_a_speed_floor_takes_the_best_fast_enough_trial_over_a
     assert (floored.study_name, floored.value) == ("sst2-minilm-bilstm-fast", 0.92)
     too_fast = find_studied(storage, "sst2", "c", ["bilstm"], {"bilstm": 20})
     assert too_fast.best == [] and "≥ 20× the teacher" in too_fast.missing["bilstm"]
+
+
+def test_an_ablation_compares_only_the_studies_it_names() -> None:
+    """A fixed configuration's row must be that configuration, not another study's better trial."""
+    from studies.best import find_studied
+
+    storage = optuna.storages.InMemoryStorage()
+    for name, value in (("sara-minilm-cnn-searched", 0.86), ("sara-minilm-cnn-ablated", 0.84)):
+        made = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        made.set_user_attr("cache_key", "c")
+        made.set_user_attr("student", "cnn")
+        made.add_trial(optuna.trial.create_trial(value=value, user_attrs={"hparams": {"hidden_weight": value}}))
+    (every,) = find_studied(storage, "sara", "c", ["cnn"]).best
+    assert every.study_name == "sara-minilm-cnn-searched"
+    (ablated,) = find_studied(storage, "sara", "c", ["cnn"], only=["sara-minilm-cnn-ablated"]).best
+    assert (ablated.study_name, ablated.value) == ("sara-minilm-cnn-ablated", 0.84)
+    none = find_studied(storage, "sara", "c", ["cnn"], only=["sara-minilm-cnn-elsewhere"])
+    assert none.best == [] and none.missing == {"cnn": "no study among compare.studies"}
