@@ -45,6 +45,7 @@ class Row:
     params_non_embedding: float
     speedup_b1: float
     train_seconds: float
+    dev_pct: Stat | None = None  # % of the teacher on dev: what "the best student" is chosen on (None: older rows)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def result_to_json(result: TaskResult) -> dict[str, Any]:
 
 
 def result_from_json(data: dict[str, Any]) -> TaskResult:
-    rows = [Row(**{**row, **{k: Stat(**row[k]) for k in ("score", "pct", "agreement")}}) for row in data.pop("rows")]
+    stats = ("score", "pct", "agreement", "dev_pct")
+    rows = [Row(**{**row, **{k: Stat(**row[k]) for k in stats if row.get(k)}}) for row in data.pop("rows")]
     pareto = {k: Path(v) for k, v in data.pop("pareto").items()}
     return TaskResult(rows=rows, pareto=pareto, **data)
 

@@ -247,7 +247,17 @@ def columns_for(metric: str, batch: int) -> list[Column]:
     ]
 
 
-EXTRA_CSV = [Column("study", "study"), Column("best_trial", "trial", "d"), Column("config_hash", "config hash")]
+EXTRA_CSV = [
+    Column("dev_pct_of_teacher", "% of teacher (dev)", ".1f"),  # what a "best student" is chosen on
+    Column("study", "study"),
+    Column("best_trial", "trial", "d"),
+    Column("config_hash", "config hash"),
+]
+
+
+def dev_key(metric: str) -> str:
+    """``test_mcc`` → ``dev_mcc``: the same metric on the split choices are made on."""
+    return "dev_" + metric.removeprefix("test_")
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -271,11 +281,13 @@ def student_row(result: StudentResult, teacher: dict[str, float], metric: str, b
 
     score = stat(metric)
     b1, bb = stat("latency_ms_b1"), stat(f"latency_ms_b{batch}")
+    dev = dev_key(metric)
     return {
         "model": result.label,
         "n": len(runs),
         metric: score,
         "pct_of_teacher": score.scaled(_ratio(100.0, teacher[metric])),
+        "dev_pct_of_teacher": stat(dev).scaled(_ratio(100.0, teacher.get(dev, float("nan")))),
         "test_agreement": stat("test_agreement"),
         "params_total": constant_or_stat("params_total"),
         "params_non_embedding": constant_or_stat("params_non_embedding"),
@@ -301,6 +313,7 @@ def teacher_row(teacher: dict[str, float], metric: str, batch: int, label: str) 
         "n": 1,
         metric: one(metric),
         "pct_of_teacher": Stat(100.0, None, 1),
+        "dev_pct_of_teacher": Stat(100.0, None, 1),
         "test_agreement": one("test_agreement"),
         "params_total": one("params_total"),
         "params_non_embedding": one("params_non_embedding"),

@@ -25,6 +25,7 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
     assert [r["model"] for r in rows] == ["teacher", "bilstm", "tree"]
     assert all(r["n_seeds"] == "2" for r in rows[1:])
+    assert all(float(r["pct_of_teacher_dev"]) > 0 for r in rows) and rows[0]["pct_of_teacher_dev"] == "100.0"
     assert "| teacher |" in text and "| bilstm |" in text and "| tree |" in text
     assert "SST-2 test_accuracy" in text and "Targets:" in text and "SST-2 bilstm ≥ 97 %" in text
     assert (out.parent / "pareto_sst2.png").stat().st_size > 0 and (out.parent / "pareto_sst2.html").is_file()
@@ -315,12 +316,13 @@ def test_the_table_grows_task_by_task(tmp_path: Path) -> None:
 def test_the_chain_counts_as_the_bilstm_it_deploys_and_bert_as_a_transformer() -> None:
     def row(model: str, pct: float) -> bench_tasks.Row:
         stat = Stat(0.9, 0.01, 3)
-        return bench_tasks.Row("trec", model, "test_accuracy", stat, Stat(pct, 0.5, 3), stat, 1e6, 1e5, 10.0, 1.0)
+        share = Stat(pct, 0.5, 3)
+        return bench_tasks.Row("trec", model, "test_accuracy", stat, share, stat, 1e6, 1e5, 10.0, 1.0, share)
 
     result = _result("trec", 0.9)
     result.rows = [row("teacher", 100.0), row("bilstm", 92.0), row("bert", 99.5), row("chain", 97.5)]
     (line,) = bench_tasks.targets([result])
-    assert line == "- TREC best non-transformer student ≥ 97 %: chain 97.5 % → **met**"
+    assert line == "- TREC best non-transformer student ≥ 97 %: chain 97.5 % (best on dev: 97.5 %) → **met**"
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_its_time_is_recorded(
@@ -368,3 +370,18 @@ def test_each_row_says_which_trial_it_came_from_and_when_an_earlier_study_suppli
     text = bench_tasks.render([table])
     assert "- SST-2 bilstm: trial 3 of `sst2-a` (dev 0.8100)\n" in text
     assert "- SST-2 cnn: trial 7 of `sst2-b` (dev 0.8400; an earlier study's, whose best dev score beat" in text
+
+
+def test_a_best_student_target_is_chosen_on_dev_and_says_so_when_rows_cannot_be() -> None:
+    """TREC's and Sara's target reads "the best student": the one dev ranks first, its test share reported."""
+    result = _run(["cnn", "bilstm"], 0.93, "dev")
+    cnn, bilstm = (bench_tasks._find(result, m) for m in ("cnn", "bilstm"))
+    assert cnn and bilstm
+    result.task = "trec"
+    cnn.pct, bilstm.pct = Stat(97.5, 0.2, 3), Stat(96.0, 0.2, 3)
+    cnn.dev_pct, bilstm.dev_pct = Stat(95.0, 0.3, 3), Stat(98.0, 0.3, 3)
+    (line,) = bench_tasks.targets([result])
+    assert line == "- TREC best non-transformer student ≥ 97 %: bilstm 96.0 % (best on dev: 98.0 %) → **missed**"
+    bilstm.dev_pct = None  # an older row: no dev share stored, so the pick falls back to test and says so
+    (line,) = bench_tasks.targets([result])
+    assert line.startswith("- TREC best non-transformer student ≥ 97 %: cnn 97.5 % (best on test: these rows")
