@@ -637,8 +637,8 @@ def render(results: Sequence[TaskResult]) -> str:
     if picks:
         lines += [
             "",
-            "Each row's configuration is its student's best trial on dev over every study of the task "
-            "on that transfer set (its seeds retrained fresh):",
+            "Each row's configuration is the best trial on dev of its student's studies on that transfer set "
+            "(every study, or this run's with `--only-searched`), its seeds retrained fresh:",
             "",
             *picks,
         ]
