@@ -600,8 +600,8 @@ def best_student(rows: Sequence[Row]) -> tuple[Row | None, str]:
     Rows measured before dev shares were stored cannot be ranked on dev; they are then ranked on
     test, and the verdict says so (the maximum of several test scores flatters the winner).
     """
-    if not rows:
-        return None, ""
+    if len(rows) <= 1:  # nothing to choose between
+        return (rows[0] if rows else None), ""
     if all(r.dev_pct is not None for r in rows):
         best = max(rows, key=lambda r: r.dev_pct.mean if r.dev_pct else float("-inf"))
         return best, f" (best on dev: {best.dev_pct.mean:.1f} %)" if best.dev_pct else ""

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import bench_tasks
 from benchmarks.readme import fill
+from benchmarks.task_results import model_key
 from studies.report import Stat
 
 
@@ -385,3 +386,6 @@ def test_a_best_student_target_is_chosen_on_dev_and_says_so_when_rows_cannot_be(
     bilstm.dev_pct = None  # an older row: no dev share stored, so the pick falls back to test and says so
     (line,) = bench_tasks.targets([result])
     assert line.startswith("- TREC best non-transformer student ≥ 97 %: cnn 97.5 % (best on test: these rows")
+    result.rows = [r for r in result.rows if model_key(r.model) != "bilstm"]  # one candidate: nothing was chosen
+    (line,) = bench_tasks.targets([result])
+    assert line == "- TREC best non-transformer student ≥ 97 %: cnn 97.5 % → **met**"
