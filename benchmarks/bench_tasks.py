@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import REPO, split_overrides
 from benchmarks.task_results import (
@@ -46,6 +46,9 @@ from benchmarks.task_results import (
     teacher_fingerprint,
 )
 from studies.report import Stat
+
+if TYPE_CHECKING:  # studies.best imports Optuna: only type checkers need it here
+    from studies.best import BestConfig
 
 __all__ = ["Row", "TaskResult", "cli", "main", "merge_results"]
 
@@ -225,7 +228,7 @@ def _study_and_compare(
     )  # fmt: skip
 
 
-def picked_from(best: Any, searched: dict[str, str]) -> dict[str, Any]:
+def picked_from(best: BestConfig, searched: dict[str, str]) -> dict[str, Any]:
     """Where a row's configuration came from: study, trial, its dev score, and whether this run searched that study."""
     return {
         "study": best.study_name,
@@ -262,7 +265,7 @@ def describe_budget(
         + (f"; this task's overrides `{' '.join(overrides)}`" if overrides else "")
         + (f"; fixed per student: {own}" if own else "")
         + (f"; the BiLSTM's study constrained to ≥ {args.min_speedup:g}× the teacher's speed" if speed else "")
-        + ("; rows from this run's studies only (`--only-searched`)" if getattr(args, "only_searched", False) else "")
+        + ("; rows from this run's studies only (`--only-searched`)" if args.only_searched else "")
     )
 
 
@@ -602,9 +605,10 @@ def best_student(rows: Sequence[Row]) -> tuple[Row | None, str]:
     """
     if len(rows) <= 1:  # nothing to choose between
         return (rows[0] if rows else None), ""
-    if all(r.dev_pct is not None for r in rows):
-        best = max(rows, key=lambda r: r.dev_pct.mean if r.dev_pct else float("-inf"))
-        return best, f" (best on dev: {best.dev_pct.mean:.1f} %)" if best.dev_pct else ""
+    dev = {id(r): r.dev_pct.mean for r in rows if r.dev_pct is not None}
+    if len(dev) == len(rows):
+        best = max(rows, key=lambda r: dev[id(r)])
+        return best, f" (best on dev: {dev[id(best)]:.1f} %)"
     return max(rows, key=lambda r: r.pct.mean), " (best on test: these rows predate stored dev shares)"
 
 

@@ -165,16 +165,19 @@ def find_studied(
             hparams_source=source,
             search_seeds=tuple(sorted(used | {int(hparams.get("seed", 0))})),
         )
-    missing = {s: _why_missing(s, without_trials, too_slow, min_speedup or {}) for s in wanted if s not in best}
-    if only is not None:  # "no study" alone would hide that the list, not the storage, left the student out
-        missing = {s: why.replace("no study", "no study among compare.studies", 1) for s, why in missing.items()}
+    nowhere = "no study" if only is None else "no study among compare.studies"  # the list, not the storage, left it out
+    missing = {
+        s: _why_missing(s, without_trials, too_slow, min_speedup or {}, nowhere) for s in wanted if s not in best
+    }
     return Studied(best=[best[s] for s in sorted(best)], missing=missing)
 
 
-def _why_missing(student: str, without_trials: set[str], too_slow: set[str], min_speedup: Mapping[str, float]) -> str:
+def _why_missing(
+    student: str, without_trials: set[str], too_slow: set[str], min_speedup: Mapping[str, float], nowhere: str
+) -> str:
     if student in too_slow:
         return f"no complete trial ≥ {min_speedup[student]:g}× the teacher's batch-1 speed"
-    return "study has no complete trial" if student in without_trials else "no study"
+    return "study has no complete trial" if student in without_trials else nowhere
 
 
 def studies_of_task(storage: optuna.storages.BaseStorage | str, task: str) -> list[tuple[str, dict[str, Any]]]:

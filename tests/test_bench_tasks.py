@@ -43,9 +43,12 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
     assert again[0].minutes > results[0].minutes  # the ledger adds the second sitting to the first
     # an ablation: a fixed configuration is compared on its own study, not on the earlier study's best trial
-    ablation = ["--students", "tree", "--only-searched", "--out", str(tmp_path / "ablation" / "tasks.md")]
-    fixed = "sst2.tree:student.hparams.max_depth=1"
-    (ablated,) = bench_tasks.main([*argv[:2], *argv[4:], *ablation, "--", *overrides, fixed])
+    fixed = ["--", *overrides, "sst2.tree:student.hparams.max_depth=1"]
+    tree_only = [*argv[:2], *argv[4:], "--students", "tree"]
+    (mixed,) = bench_tasks.main([*tree_only, "--out", str(tmp_path / "mixed" / "tasks.md"), *fixed])
+    assert not mixed.picked["tree"]["this_run"]  # without the flag the earlier study, better on dev, supplies it
+    ablation = ["--only-searched", "--out", str(tmp_path / "ablation" / "tasks.md")]
+    (ablated,) = bench_tasks.main([*tree_only, *ablation, *fixed])
     pick = ablated.picked["tree"]
     assert pick["this_run"] and pick["study"] != results[0].picked["tree"]["study"]
     assert "rows from this run's studies only (`--only-searched`)" in ablated.budget
