@@ -664,8 +664,30 @@ def render(results: Sequence[TaskResult]) -> str:
             continue
         own = [s for s in r.students if not any(s in e["models"] for e in r.earlier)]
         for run in [*r.earlier, {"models": own, "budget": r.budget, "command": r.command}]:
-            lines.append(f"- {label} ({', '.join(run['models'])}): {run['budget']}. Made by `{run['command']}`.")
+            if run["models"]:  # a run whose every row lost on dev is listed below instead
+                lines.append(f"- {label} ({', '.join(run['models'])}): {run['budget']}. Made by `{run['command']}`.")
+    tried = [
+        f"- {TASK_LABELS.get(r.task, r.task)} {n['model']} ({transfer_size(n['setup'])}): dev "
+        f"{n['row'].dev_pct.mean:.1f} % of the teacher (test {n['row'].pct.mean:.1f} %), {n['budget']}. "
+        f"Made by `{n['command']}`."
+        for r in results
+        for n in r.not_kept
+    ]
+    if tried:
+        lines += [
+            "",
+            "Measured and not kept: a row of the same student on another transfer set was better on dev, so the "
+            "table shows that one (choosing on test would flatter the table):",
+            "",
+            *tried,
+        ]
     return "\n".join(lines) + "\n"
+
+
+def transfer_size(setup: Sequence[str]) -> str:
+    """``transfer.augment.n=7`` → ``8× transfer set``: how a row's run differed from the kept one."""
+    n = next((int(o.split("=", 1)[1]) for o in setup if o.split("=", 1)[0].lstrip("+") == "transfer.augment.n"), 0)
+    return f"{n + 1}× transfer set"
 
 
 def teacher_recipe(result: TaskResult) -> str:

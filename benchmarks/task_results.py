@@ -8,7 +8,12 @@ teacher (say, one re-fine-tuned on another machine whose arithmetic differs) mus
 column. Otherwise the new run replaces the entry, and says so. The transfer set's size is a
 student's budget, like its trials, not the teacher's: runs that differ only there share a table,
 each run's budget line saying which size its rows had, and the task's wall time adds up the
-ledger totals of every setup that still has rows.
+ledger totals of every setup that still has rows or was measured against them.
+
+When a student was measured on two transfer sets, which row the table shows is a choice, so it is
+made on dev like every other: the row with the higher dev share stays (the later run's when either
+lacks one, or when both ran on the same set: that is a remeasurement), and the other is listed as
+measured and not kept, with its dev share and command, so the try is on record.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class TaskResult:
     # whether that study is the one this run's setup searched (compare takes the best on dev over
     # every study of the task on the transfer set, so a better earlier study can supply the row)
     picked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # rows measured on another transfer set and not kept (worse on dev): model, row, budget, command, setup, pick
+    not_kept: list[dict[str, Any]] = field(default_factory=list)
 
 
 def teacher_fingerprint(record: dict[str, Any]) -> str:
@@ -100,11 +107,15 @@ def result_to_json(result: TaskResult) -> dict[str, Any]:
     return data
 
 
+def _row_from_json(row: dict[str, Any]) -> Row:
+    return Row(**{**row, **{k: Stat(**row[k]) for k in ("score", "pct", "agreement", "dev_pct") if row.get(k)}})
+
+
 def result_from_json(data: dict[str, Any]) -> TaskResult:
-    stats = ("score", "pct", "agreement", "dev_pct")
-    rows = [Row(**{**row, **{k: Stat(**row[k]) for k in stats if row.get(k)}}) for row in data.pop("rows")]
+    rows = [_row_from_json(row) for row in data.pop("rows")]
     pareto = {k: Path(v) for k, v in data.pop("pareto").items()}
-    return TaskResult(rows=rows, pareto=pareto, **data)
+    not_kept = [{**c, "row": _row_from_json(c["row"])} for c in data.pop("not_kept", [])]
+    return TaskResult(rows=rows, pareto=pareto, not_kept=not_kept, **data)
 
 
 def _teacher_score(result: TaskResult) -> float | None:
@@ -143,42 +154,99 @@ def _runs(result: TaskResult) -> list[dict[str, Any]]:
     return [{"setup": list(result.setup), **e} for e in result.earlier] + [mine]
 
 
+def find_row(result: TaskResult, model: str) -> Row | None:
+    return next((r for r in result.rows if model_key(r.model) == model), None)
+
+
+def _measured(result: TaskResult) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every student row behind ``result``, shown or not kept, keyed by (student, setup): the candidates."""
+    found = {(c["model"], setup_id(c["setup"])): c for c in result.not_kept}
+    for run in _runs(result):
+        for model in run["models"]:
+            row = find_row(result, model)
+            if row is not None:
+                found[(model, setup_id(run["setup"]))] = {
+                    "model": model, "row": row, "budget": run["budget"], "command": run["command"],
+                    "setup": list(run["setup"]), "picked": result.picked.get(model),
+                    "defaults_best": result.defaults_best.get(model),
+                }  # fmt: skip
+    return found
+
+
+def _pick(candidates: Sequence[dict[str, Any]], latest: dict[str, Any]) -> dict[str, Any]:
+    """The candidate the table shows: the best on dev when every one has a dev share, else ``latest``."""
+    if all(c["row"].dev_pct is not None for c in candidates):  # ties go to the latest run (listed last)
+        return max(reversed(candidates), key=lambda c: c["row"].dev_pct.mean)
+    return latest
+
+
 def combine(old: TaskResult, new: TaskResult) -> TaskResult:
-    """``new`` with ``old``'s rows of the students it did not run, when both measured the same teacher."""
-    kept_models = [s for s in old.students if s not in new.students]
-    if not kept_models:
+    """The table after ``new``: per student, one row among every run's (same teacher only), chosen on dev.
+
+    A student ``new`` did not run keeps its stored row. A student measured on several transfer sets
+    (the latest measurement per set) shows the row with the best dev share and lists the others as
+    not kept; rows without a dev share cannot be ranked, so the latest run's replaces them.
+    """
+    if not old.students:
         return new
     why_not = same_teacher(old, new)
     if why_not:
-        log.warning("%s: the stored rows of %s are dropped: %s", new.task, ", ".join(kept_models), why_not)
-        print(f"[{new.task}] stored rows of {', '.join(kept_models)} dropped: {why_not}", flush=True)
+        dropped = [s for s in old.students if s not in new.students]
+        if dropped:
+            log.warning("%s: the stored rows of %s are dropped: %s", new.task, ", ".join(dropped), why_not)
+            print(f"[{new.task}] stored rows of {', '.join(dropped)} dropped: {why_not}", flush=True)
         return new
+    here = setup_id(new.setup)
+    stored, fresh = _measured(old), _measured(new)
+    measured = {**stored, **fresh}  # the latest measurement per (student, setup)
+    shown_before = {m: c for (m, _), c in stored.items() if c["row"] is find_row(old, m)}
+    shown: dict[str, dict[str, Any]] = {}
+    not_kept: list[dict[str, Any]] = []
+    for model in dict.fromkeys([*old.students, *new.students]):
+        candidates = [c for (m, _), c in measured.items() if m == model]
+        if not candidates:
+            continue  # not compared (missing): nothing to show
+        shown[model] = _pick(candidates, fresh.get((model, here)) or shown_before.get(model) or candidates[-1])
+        not_kept += [c for c in candidates if c is not shown[model] and c["row"].dev_pct is not None]
+        if find_row(new, model) is not None and shown[model]["row"] is not find_row(new, model):
+            print(f"[{new.task}] {model}: a stored row is better on dev and stays; this run's is listed as not kept")
+    from_new = {m for m, c in shown.items() if c["row"] is find_row(new, m)}
+    earlier: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for model, c in shown.items():
+        if model not in from_new:
+            fields = {"budget": c["budget"], "command": c["command"], "setup": c["setup"]}
+            run = earlier.setdefault((c["command"], c["budget"], setup_id(c["setup"])), {"models": [], **fields})
+            run["models"].append(model)
     order = {m: i for i, m in enumerate(("teacher", *STUDENTS))}
-    kept_rows = [r for r in old.rows if model_key(r.model) in kept_models]
-    rows = sorted([*new.rows, *kept_rows], key=lambda r: order.get(model_key(r.model), len(order)))
-    earlier = []
-    for run in _runs(old):
-        models = [m for m in run["models"] if m in kept_models]
-        if models:
-            earlier.append({**run, "models": models})
-    setups_with_rows = {setup_id(run["setup"]) for run in earlier} | {setup_id(new.setup)}
-    minutes = {s: m for s, m in minutes_per_setup(old).items() if s in setups_with_rows}
+    teacher = [r for r in new.rows if model_key(r.model) == "teacher"]
+    rows = sorted([*teacher, *(c["row"] for c in shown.values())], key=lambda r: order.get(model_key(r.model), 99))
+    setups = {setup_id(c["setup"]) for c in [*shown.values(), *not_kept]} | {here}
+    minutes = {s: m for s, m in minutes_per_setup(old).items() if s in setups}
     minutes |= minutes_per_setup(new)  # the new setup's ledger total already holds its earlier sittings
+    stored_only = [s for s in old.students if s not in new.students]
     return TaskResult(
         task=new.task,
         rows=rows,
-        missing={**{k: v for k, v in old.missing.items() if k in kept_models}, **new.missing},
+        missing={  # a stored row outlives a rerun that could not compare its student
+            **{k: v for k, v in old.missing.items() if k in stored_only},
+            **{k: v for k, v in new.missing.items() if k not in shown},
+        },
         minutes=sum(minutes.values()),  # each setup's ledger total: every sitting, the earlier runs' included
         teacher_record=_keep_stored_pick(old.teacher_record, new.teacher_record),
         pareto=new.pareto,
-        students=[s for s in STUDENTS if s in new.students or s in kept_models],
-        defaults_best={**{k: v for k, v in old.defaults_best.items() if k in kept_models}, **new.defaults_best},
+        students=[s for s in STUDENTS if s in new.students or s in old.students],
+        defaults_best={
+            **{k: v for k, v in old.defaults_best.items() if k in stored_only},
+            **new.defaults_best,
+            **{m: c["defaults_best"] for m, c in shown.items() if m not in from_new},
+        },
         budget=new.budget,
         command=new.command,
         setup=new.setup,
-        earlier=earlier,
+        earlier=list(earlier.values()),
         minutes_by_setup=minutes,
-        picked={**{k: v for k, v in old.picked.items() if k in kept_models}, **new.picked},
+        picked={m: c["picked"] for m, c in shown.items() if c["picked"]},
+        not_kept=not_kept,
     )
 
 

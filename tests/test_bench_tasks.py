@@ -392,3 +392,43 @@ def test_a_best_student_target_is_chosen_on_dev_and_says_so_when_rows_cannot_be(
     result.rows = [r for r in result.rows if model_key(r.model) != "bilstm"]  # one candidate: nothing was chosen
     (line,) = bench_tasks.targets([result])
     assert line == "- TREC best non-transformer student ≥ 97 %: cnn 97.5 % → **met**"
+
+
+def _with_dev(result: bench_tasks.TaskResult, **dev: float) -> bench_tasks.TaskResult:
+    for model, share in dev.items():
+        row = bench_tasks._find(result, model)
+        assert row is not None
+        row.dev_pct = Stat(share, 0.2, 3)
+    return result
+
+
+def test_a_student_measured_on_two_transfer_sets_keeps_the_row_better_on_dev(tmp_path: Path) -> None:
+    """The transfer set's size is a choice, made on dev: the other row is listed as measured and not kept."""
+    path = tmp_path / "tasks.json"
+    four, eight = ("transfer.augment.n=3",), ("transfer.augment.n=7",)
+    at_four = _with_dev(_run(["bilstm", "cnn"], 0.93, "at 4x", four, 30.0), bilstm=98, cnn=96)
+    at_four.picked = {"bilstm": {"study": "s4", "trial": 2, "dev": 0.91, "this_run": True}}
+    bench_tasks.merge_results(path, [at_four])
+    at_eight = _with_dev(_run(["bilstm", "cnn"], 0.93, "at 8x", eight, 20.0), bilstm=97, cnn=97.5)
+    at_eight.picked = {"bilstm": {"study": "s8", "trial": 1, "dev": 0.9, "this_run": True}}
+    (table,) = bench_tasks.merge_results(path, [at_eight])
+    rows = {model_key(r.model): r for r in table.rows}
+    assert rows["bilstm"].dev_pct == Stat(98, 0.2, 3) and rows["cnn"].dev_pct == Stat(97.5, 0.2, 3)
+    assert [(e["models"], e["command"]) for e in table.earlier] == [(["bilstm"], "at 4x")]
+    assert table.picked["bilstm"]["study"] == "s4"  # the pick goes with its row
+    assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "at 8x"), ("cnn", "at 4x")]
+    assert table.minutes == 50.0  # both transfer sets were measured to make the choice: both cost counts
+    text = bench_tasks.render([table])
+    assert "- SST-2 bilstm (8× transfer set): dev 97.0 % of the teacher (test 95.0 %)" in text
+    assert "- SST-2 cnn (4× transfer set): dev 96.0 %" in text
+    assert "- SST-2 (bilstm): budget of at 4x." in text and "- SST-2 (cnn): budget of at 8x." in text
+    # a later 8x run whose bilstm now beats the 4x row on dev: it takes the row, and the 4x one is the try on record
+    (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x again", eight, 26.0), bilstm=99)])
+    assert bench_tasks._find(table, "bilstm").dev_pct == Stat(99, 0.2, 3)  # type: ignore[union-attr]
+    assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "at 4x"), ("cnn", "at 4x")]
+    # a remeasurement on the 8x set replaces that set's row; dev then prefers the 4x row again, kept on record
+    (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x third", eight, 27.0), bilstm=90)])
+    assert bench_tasks._find(table, "bilstm").dev_pct == Stat(98, 0.2, 3)  # type: ignore[union-attr]
+    assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "8x third"), ("cnn", "at 4x")]
+    assert table.picked["bilstm"]["study"] == "s4"
+    assert "- SST-2 (bilstm): budget of at 4x." in bench_tasks.render([table])
