@@ -668,8 +668,7 @@ def render(results: Sequence[TaskResult]) -> str:
                 lines.append(f"- {label} ({', '.join(run['models'])}): {run['budget']}. Made by `{run['command']}`.")
     tried = [
         f"- {TASK_LABELS.get(r.task, r.task)} {n['model']} ({transfer_size(n['setup'])}): dev "
-        f"{n['row'].dev_pct.mean:.1f} % of the teacher (test {n['row'].pct.mean:.1f} %), {n['budget']}. "
-        f"Made by `{n['command']}`."
+        f"{n['row'].dev_pct.mean:.1f} % of the teacher (test {n['row'].pct.mean:.1f} %). Made by `{n['command']}`."
         for r in results
         for n in r.not_kept
     ]

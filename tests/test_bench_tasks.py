@@ -419,7 +419,7 @@ def test_a_student_measured_on_two_transfer_sets_keeps_the_row_better_on_dev(tmp
     assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "at 8x"), ("cnn", "at 4x")]
     assert table.minutes == 50.0  # both transfer sets were measured to make the choice: both cost counts
     text = bench_tasks.render([table])
-    assert "- SST-2 bilstm (8× transfer set): dev 97.0 % of the teacher (test 95.0 %)" in text
+    assert "- SST-2 bilstm (8× transfer set): dev 97.0 % of the teacher (test 95.0 %). Made by `at 8x`." in text
     assert "- SST-2 cnn (4× transfer set): dev 96.0 %" in text
     assert "- SST-2 (bilstm): budget of at 4x." in text and "- SST-2 (cnn): budget of at 8x." in text
     # a later 8x run whose bilstm now beats the 4x row on dev: it takes the row, and the 4x one is the try on record
