@@ -175,8 +175,8 @@ def _measured(result: TaskResult) -> dict[tuple[str, str], dict[str, Any]]:
 
 def _pick(candidates: Sequence[dict[str, Any]], latest: dict[str, Any]) -> dict[str, Any]:
     """The candidate the table shows: the best on dev when every one has a dev share, else ``latest``."""
-    if all(c["row"].dev_pct is not None for c in candidates):  # ties go to the latest run (listed last)
-        return max(reversed(candidates), key=lambda c: c["row"].dev_pct.mean)
+    if all(c["row"].dev_pct is not None for c in candidates):  # a tie goes to ``latest``
+        return max(candidates, key=lambda c: (c["row"].dev_pct.mean, c is latest))
     return latest
 
 

@@ -432,3 +432,6 @@ def test_a_student_measured_on_two_transfer_sets_keeps_the_row_better_on_dev(tmp
     assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "8x third"), ("cnn", "at 4x")]
     assert table.picked["bilstm"]["study"] == "s4"
     assert "- SST-2 (bilstm): budget of at 4x." in bench_tasks.render([table])
+    # a tie on dev goes to the latest run
+    (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x tie", eight, 28.0), bilstm=98)])
+    assert [(e["models"], e["command"]) for e in table.earlier] == [(["cnn"], "at 8x")]
