@@ -40,6 +40,7 @@ from benchmarks.task_results import (
     TASKS,
     Row,
     TaskResult,
+    find_row,
     merge_results,
     model_key,
     setup_id,
@@ -528,10 +529,6 @@ def cost_table(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines)
 
 
-def _find(result: TaskResult, model: str) -> Row | None:
-    return next((x for x in result.rows if model_key(x.model) == model), None)
-
-
 def beside(value: float, bound: float, digits: int = 1) -> str:
     """``value`` to ``digits`` decimals, more where rounding would carry it across ``bound`` (96.95 is not 97.0)."""
     while digits < 4 and (round(value, digits) >= bound) != (value >= bound):
@@ -549,7 +546,7 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
 
     sst2 = by_task.get("sst2")
     if sst2:
-        teacher = _find(sst2, "teacher")
+        teacher = find_row(sst2, "teacher")
         if teacher:
             lines.append(
                 f"- SST-2 teacher ≥ 90 % test accuracy: {teacher.score.mean:.4f} → {verdict(teacher.score.mean >= 0.9)}"
@@ -560,7 +557,7 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
             ("bert", 99, "params"),
             ("lgbm", 92, None),
         ):
-            row = _find(sst2, model)
+            row = find_row(sst2, model)
             if row is None:
                 lines.append(f"- SST-2 {model} ≥ {share} %: not measured")
                 continue
@@ -685,7 +682,7 @@ def render(results: Sequence[TaskResult]) -> str:
 
 def transfer_size(setup: Sequence[str]) -> str:
     """``transfer.augment.n=7`` → ``8× transfer set``: how a row's run differed from the kept one."""
-    n = next((int(o.split("=", 1)[1]) for o in setup if o.split("=", 1)[0].lstrip("+") == "transfer.augment.n"), 0)
+    n = next((int(o.split("=", 1)[1]) for o in setup if _key(o) == "transfer.augment.n"), 0)
     return f"{n + 1}× transfer set"
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import bench_tasks
 from benchmarks.readme import fill
-from benchmarks.task_results import model_key
+from benchmarks.task_results import find_row, model_key
 from studies.report import Stat
 
 
@@ -379,7 +379,7 @@ def test_each_row_says_which_trial_it_came_from_and_when_an_earlier_study_suppli
 def test_a_best_student_target_is_chosen_on_dev_and_says_so_when_rows_cannot_be() -> None:
     """TREC's and Sara's target reads "the best student": the one dev ranks first, its test share reported."""
     result = _run(["cnn", "bilstm"], 0.93, "dev")
-    cnn, bilstm = (bench_tasks._find(result, m) for m in ("cnn", "bilstm"))
+    cnn, bilstm = (find_row(result, m) for m in ("cnn", "bilstm"))
     assert cnn and bilstm
     result.task = "trec"
     cnn.pct, bilstm.pct = Stat(97.5, 0.2, 3), Stat(96.0, 0.2, 3)
@@ -396,7 +396,7 @@ def test_a_best_student_target_is_chosen_on_dev_and_says_so_when_rows_cannot_be(
 
 def _with_dev(result: bench_tasks.TaskResult, **dev: float) -> bench_tasks.TaskResult:
     for model, share in dev.items():
-        row = bench_tasks._find(result, model)
+        row = find_row(result, model)
         assert row is not None
         row.dev_pct = Stat(share, 0.2, 3)
     return result
@@ -424,14 +424,19 @@ def test_a_student_measured_on_two_transfer_sets_keeps_the_row_better_on_dev(tmp
     assert "- SST-2 (bilstm): budget of at 4x." in text and "- SST-2 (cnn): budget of at 8x." in text
     # a later 8x run whose bilstm now beats the 4x row on dev: it takes the row, and the 4x one is the try on record
     (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x again", eight, 26.0), bilstm=99)])
-    assert bench_tasks._find(table, "bilstm").dev_pct == Stat(99, 0.2, 3)  # type: ignore[union-attr]
+    assert find_row(table, "bilstm").dev_pct == Stat(99, 0.2, 3)  # type: ignore[union-attr]
     assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "at 4x"), ("cnn", "at 4x")]
     # a remeasurement on the 8x set replaces that set's row; dev then prefers the 4x row again, kept on record
     (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x third", eight, 27.0), bilstm=90)])
-    assert bench_tasks._find(table, "bilstm").dev_pct == Stat(98, 0.2, 3)  # type: ignore[union-attr]
+    assert find_row(table, "bilstm").dev_pct == Stat(98, 0.2, 3)  # type: ignore[union-attr]
     assert sorted((n["model"], n["command"]) for n in table.not_kept) == [("bilstm", "8x third"), ("cnn", "at 4x")]
     assert table.picked["bilstm"]["study"] == "s4"
     assert "- SST-2 (bilstm): budget of at 4x." in bench_tasks.render([table])
     # a tie on dev goes to the latest run
     (table,) = bench_tasks.merge_results(path, [_with_dev(_run(["bilstm"], 0.93, "8x tie", eight, 28.0), bilstm=98)])
     assert [(e["models"], e["command"]) for e in table.earlier] == [(["cnn"], "at 8x")]
+    # a rerun that could not compare bilstm (say, its study had no complete trial) leaves the stored row standing
+    failed = _run([], 0.93, "8x failed", eight, 29.0)
+    failed.students, failed.missing = ["bilstm"], {"bilstm": "study has no complete trial"}
+    (table,) = bench_tasks.merge_results(path, [failed])
+    assert find_row(table, "bilstm") is not None and "bilstm" not in table.missing
