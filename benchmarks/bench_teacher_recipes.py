@@ -41,10 +41,12 @@ class Recipe(NamedTuple):
             f"teacher.freeze_embeddings={str(not self.train_embeddings).lower()}",
         ]
 
+    @property
+    def embeddings(self) -> str:
+        return "trained" if self.train_embeddings else "frozen"
+
     def describe(self) -> str:
-        return (
-            f"{self.epochs:g} epochs at lr {self.lr:g}, embeddings {'trained' if self.train_embeddings else 'frozen'}"
-        )
+        return f"{self.epochs:g} epochs at lr {self.lr:g}, embeddings {self.embeddings}"
 
 
 def parse_recipes(spec: str) -> list[Recipe]:
@@ -110,8 +112,9 @@ def render(task: str, rows: list[dict[str, Any]], best: dict[str, Any], test: fl
         train = f"{r['train_s']:.0f}" if isinstance(r["train_s"], int | float) else "–"
         per_epoch = ", ".join(f"{s:.4f}" for s in r["per_epoch"])
         recipe: Recipe = r["recipe"]
-        embeddings = "trained" if recipe.train_embeddings else "frozen"
-        lines.append(f"| {recipe.epochs:g} | {recipe.lr:g} | {embeddings} | {per_epoch} | {r['dev']:.4f} | {train} |")
+        lines.append(
+            f"| {recipe.epochs:g} | {recipe.lr:g} | {recipe.embeddings} | {per_epoch} | {r['dev']:.4f} | {train} |"
+        )
     lines += [
         "",
         f"Kept on dev: {best['recipe'].describe()} (teacher `{best['key']}`), test {test:.4f}.",
