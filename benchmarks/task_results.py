@@ -51,6 +51,7 @@ class Row:
     speedup_b1: float
     train_seconds: float
     dev_pct: Stat | None = None  # % of the teacher on dev: what "the best student" is chosen on (None: older rows)
+    speedup_form: str = "module"  # what speedup_b1 timed: "serving" (e.g. the folded BiLSTM) or the module
 
 
 @dataclass

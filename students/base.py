@@ -141,6 +141,14 @@ class Student(ABC):
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict_logits(texts).argmax(axis=1)
 
+    def serving_predictor(self) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+        """(name, predict_logits) of the fastest form of this fitted student with the same logits.
+
+        What a deployment would run, so what batch-1 latency is timed on (``studies.measure``,
+        which checks the logits agree first). Default: the student itself ("module").
+        """
+        return "module", self.predict_logits
+
     def fit_records(self) -> list[FitRecord]:
         """What the last ``fit`` wants tracked beside the student's own run (default: nothing)."""
         return []

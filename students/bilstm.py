@@ -7,9 +7,10 @@ the student begins from the teacher's lexical knowledge at no extra cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,8 +23,15 @@ from students.training import suggest_loop
 POOLINGS = ("max", "mean", "last")
 
 
-def masked_pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool [B, T, D] over the non-padding positions: 'max' or 'mean' ('last' needs the final states)."""
+def masked_pool(states: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """Pool [B, T, D] over the non-padding positions: 'max' or 'mean' ('last' needs the final states).
+
+    ``mask`` None: no position is padding (batch 1), so the plain reduction serves without masking.
+    """
+    if mask is None and how in ("max", "mean"):
+        return states.max(1).values if how == "max" else states.mean(1)
+    if mask is None:
+        raise ValueError(f"unknown pooling {how!r} (expected one of {', '.join(POOLINGS)})")
     m = mask.unsqueeze(-1).to(states.dtype)
     if how == "mean":
         return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -77,14 +85,19 @@ class BiLSTMModule(StudentModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
         x = self.dropout(self.embedding(input_ids))
-        if bool(attention_mask.all()):  # no padding (e.g. batch size 1): packing would only cost time
+        padded = not bool(attention_mask.all())
+        if not padded:  # e.g. batch size 1: packing and masked pooling would only cost time
             states, (h_n, _) = self.lstm(x)
         else:
             lengths = attention_mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             states, (h_n, _) = self.lstm(packed)
             states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=input_ids.size(1))
-        sentence = final_states(h_n) if self.pooling == "last" else masked_pool(states, attention_mask, self.pooling)
+        sentence = (
+            final_states(h_n)
+            if self.pooling == "last"
+            else masked_pool(states, attention_mask if padded else None, self.pooling)
+        )
         return StudentOutput(logits=self.head(self.dropout(sentence)), sentence=sentence)
 
     # -- structured pruning: hidden units (students.pruning) ----------------------------------
@@ -174,6 +187,20 @@ class BiLSTMStudent(NeuralStudent):
             **suggest_loop(trial, batch_sizes=[64, 128, 256]),
             **suggest_objective(trial, extras),
         }
+
+    def serving_predictor(self) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+        """On CPU, the folded export (``students.export.FoldedBiLSTM``, float32, every vocabulary row).
+
+        The same logits as the module (each token's input projection is read from a table, not
+        recomputed) in a fraction of its batch-1 time on CPU, where one PyTorch LSTM call spends
+        most of a short sentence's time before its first step. On a GPU, int8 or with stacked
+        layers (folding needs one), the module serves.
+        """
+        if self.module is None or self.int8 or self.device.type != "cpu" or self.module.lstm.num_layers != 1:
+            return super().serving_predictor()
+        from students.export import FoldedBiLSTM
+
+        return "folded", FoldedBiLSTM.from_student(self).predict_logits
 
     def build_module(
         self, vocab_size: int, num_labels: int, embedding_dim: int, pad_id: int, cache: Any

@@ -15,7 +15,7 @@ space is each link's own, with parameter names prefixed ``link0.``, ``link1.``, 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,6 +260,10 @@ class ChainStudent(Student):
 
     def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
         return self._last().predict_logits(texts)
+
+    def serving_predictor(self) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+        """The last link's: it is the model that gets deployed."""
+        return self._last().serving_predictor()
 
     def n_params(self) -> ParamCount:
         """The last link's: it is the model that gets deployed."""

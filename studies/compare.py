@@ -259,6 +259,12 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator and math.isfinite(denominator) else float("nan")
 
 
+def serving_form_of(runs: Sequence[dict[str, float]]) -> str:
+    """What the batch-1 speed-up was timed on: "serving" when every seed's serving form was, else "module"."""
+    timed = [m.get("latency_b1_serving_form") for m in runs]
+    return "serving" if timed and all(t == 1.0 for t in timed) else "module"
+
+
 def student_row(result: StudentResult, teacher: dict[str, float], metric: str, batch: int) -> dict[str, Cell]:
     """Mean ± sd over seeds; % of teacher = mean / teacher score; speed-up = mean of the per-seed ratios.
 
@@ -289,6 +295,7 @@ def student_row(result: StudentResult, teacher: dict[str, float], metric: str, b
         f"latency_ms_b{batch}": bb,
         "speedup_b1": stat("latency_ratio_teacher").mean,
         f"speedup_b{batch}": stat(f"latency_ratio_teacher_b{batch}").mean,
+        "speedup_form": serving_form_of(runs),
         "size_mb": stat("size_bytes").scaled(1e-6),
         "sparsity": stat("sparsity"),  # achieved: share of non-embedding weights pruned (0 when not pruned)
         "train_seconds": stat("train_seconds"),

@@ -7,19 +7,27 @@ the median over rounds of each round's own ratio, so a round disturbed by anothe
 machine is outvoted by the undisturbed ones, where one ratio of two overall medians takes
 whatever share of the disturbance each model happened to absorb. The rounds' quartiles
 are kept beside it (``…_q25`` / ``…_q75``), so a speed constraint can be read with its spread.
+The student is timed in its serving form (``Student.serving_predictor``: the folded BiLSTM on
+CPU), the form a deployment runs, after checking that it gives the student's own logits.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from students.base import FitRecord, Reporter, Student
 from students.registry import get_student_class
 from studies.evaluate import evaluate_model, pooled_median, round_ratios, side_by_side_rounds
 from studies.pipeline import Prepared, device_of
+
+log = logging.getLogger(__name__)
 
 LATENCY_ROUNDS = 10  # alternating blocks per model, a ratio per round; tracking.latency_samples calls in all
 
@@ -49,6 +57,29 @@ def shares(metrics: dict[str, float], teacher: dict[str, float], metric: str) ->
     return {"share_of_teacher": ratio(f"test_{metric}"), "dev_share_of_teacher": ratio(f"dev_{metric}")}
 
 
+SERVING_CHECK_TEXTS = 64  # dev texts on which a serving form must give the student's own logits
+
+
+def serving_form(student: Student, texts: Sequence[str]) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+    """The student's serving form (``Student.serving_predictor``) if its logits are the student's own.
+
+    Checked one text at a time (the timed batch size) and as one batch, on the first dev texts:
+    a form that disagrees is a bug in it, so it is reported and the module is timed instead.
+    """
+    name, serving = student.serving_predictor()
+    if name == "module":
+        return name, serving
+    sample = list(texts[:SERVING_CHECK_TEXTS])
+    expected = student.predict_logits(sample)
+    singles = np.concatenate([serving([t]) for t in sample[:8]])
+    if np.allclose(serving(sample), expected, rtol=1e-3, atol=1e-4) and np.allclose(
+        singles, expected[:8], rtol=1e-3, atol=1e-4
+    ):
+        return name, serving
+    log.warning("%s: its %s form's logits differ from the student's; timing the module instead", student.name, name)
+    return "module", student.predict_logits
+
+
 def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1) -> dict[str, float]:
     """Student and teacher latency at ``batch_size``, in alternating blocks of the same dev texts.
 
@@ -57,8 +88,9 @@ def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1
     warm-up). Otherwise timing the teacher at batch 64 took minutes per model on this CPU.
     """
     samples = max(LATENCY_ROUNDS, int(prep.cfg.tracking.latency_samples))
+    form, serving = serving_form(student, prep.task.dev.texts)
     timed = side_by_side_rounds(
-        {"teacher": prep.teacher.predict_logits, "student": student.predict_logits},
+        {"teacher": prep.teacher.predict_logits, "student": serving},
         prep.task.dev.texts,
         rounds=LATENCY_ROUNDS,
         block=max(1, samples // (LATENCY_ROUNDS * batch_size)),
@@ -74,6 +106,7 @@ def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1
         ratio: median,
         f"{ratio}_q25": q25,
         f"{ratio}_q75": q75,
+        f"latency_{suffix}_serving_form": float(form != "module"),  # 1: timed on its serving form (e.g. folded)
     }
 
 

@@ -39,11 +39,14 @@ def study_setup(
     """What decides which configurations a study searches: part of its identity, beside the cache.
 
     A speed constraint changes which trial is best, so it is part of the identity too (only when
-    set, so that studies made before it existed keep their identity).
+    set, so that studies made before it existed keep their identity), and so is the form its
+    latency is read on: since students are timed in their serving form (a folded BiLSTM), a
+    constrained study does not top up one whose trials were timed on the PyTorch module.
     """
     setup: dict[str, Any] = {"student": student, "fixed": fixed, "search_objectives": sorted(search_objectives)}
     if required_speedup:
         setup["min_speedup"] = float(required_speedup)
+        setup["latency_form"] = "serving"
     return setup
 
 

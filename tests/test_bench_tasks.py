@@ -38,6 +38,9 @@ def test_bench_tasks_writes_the_table_csv_and_plots(tiny_overrides: list[str], t
     assert set(results[0].picked) == {"bilstm", "tree"}
     assert all(pick["this_run"] for pick in results[0].picked.values())  # no other study of these students
     assert re.search(r"- SST-2 bilstm: trial \d+ of `sst2-[^`]+` \(dev [\d.]+\)\n", text)
+    # the BiLSTM's speed-up was timed on its folded form and says so; the tree's on its own model
+    assert re.search(r"\| SST-2 \| bilstm \|[^\n]*× † \|", text) and bench_tasks.SERVING_NOTE in text
+    assert re.search(r"\| SST-2 \| tree \|[^\n]*\d× \|", text)
     # a rerun trains nothing new: studies are full and the seed runs are reused
     again = bench_tasks.main([*argv, "--out", str(out), "--", *overrides])
     assert [r.score.mean for r in again[0].rows] == [r.score.mean for r in results[0].rows]
@@ -440,3 +443,16 @@ def test_a_student_measured_on_two_transfer_sets_keeps_the_row_better_on_dev(tmp
     failed.students, failed.missing = ["bilstm"], {"bilstm": "study has no complete trial"}
     (table,) = bench_tasks.merge_results(path, [failed])
     assert find_row(table, "bilstm") is not None and "bilstm" not in table.missing
+
+
+def test_a_speed_target_says_when_the_speed_up_was_timed_on_the_serving_form() -> None:
+    result = _result("sst2", 0.87)
+    teacher = _row("sst2", "teacher (minilm)", 0.9, 1.0)
+    served = bench_tasks.Row(**{**vars(_row("sst2", "bilstm", 0.87, 12.5)), "speedup_form": "serving"})
+    result.rows = [teacher, served]
+    line = next(x for x in bench_tasks.targets([result]) if "SST-2 bilstm" in x)
+    assert "at 12.5× † (≥ 10× needed)" in line
+    table = bench_tasks.cost_table([result])
+    assert "| 12.5× † |" in table and table.endswith(bench_tasks.SERVING_NOTE)
+    result.rows = [teacher, _row("sst2", "bilstm", 0.87, 12.5)]  # an older row: timed on the module
+    assert "†" not in bench_tasks.cost_table([result])

@@ -108,3 +108,15 @@ def test_fast_featuriser_equals_scikit_learn(tiny_cache: TransferCache) -> None:
         np.testing.assert_array_equal(fast.data, reference.data)  # bit for bit
         one = featurizer.transform(texts[:1])
         np.testing.assert_array_equal(one.toarray(), reference[:1].toarray())
+
+
+def test_a_bilstm_serves_folded_and_a_cnn_as_its_module(bilstm: Student, tiny_cache: TransferCache) -> None:
+    """What latency is timed on (``studies.measure``): the folded BiLSTM on CPU, with the module's logits."""
+    texts = texts_of(tiny_cache)
+    form, serving = bilstm.serving_predictor()
+    assert form == "folded"
+    np.testing.assert_allclose(serving(texts), bilstm.predict_logits(texts), rtol=1e-4, atol=1e-5)
+    assert bilstm.quantized().serving_predictor()[0] == "module"  # int8 weights: nothing to fold
+    cnn = build_student("cnn", n_filters=4, mlp_dim=8, epochs=1, max_length=32, widths="2,3").with_runtime("cpu")
+    cnn.fit(tiny_cache)
+    assert cnn.serving_predictor()[0] == "module"

@@ -10,6 +10,11 @@ import pytest
 from studies.measure import LATENCY_ROUNDS, latency_beside_teacher
 
 
+def _student(predict, serving=None, form: str = "module") -> SimpleNamespace:
+    """A stand-in student: its logits, and a serving form (by default itself)."""
+    return SimpleNamespace(name="fake", predict_logits=predict, serving_predictor=lambda: (form, serving or predict))
+
+
 def _counting() -> tuple[list[int], object]:
     calls: list[int] = []
 
@@ -28,10 +33,10 @@ def test_batch_latency_uses_fewer_calls_of_the_same_texts() -> None:
         teacher=SimpleNamespace(predict_logits=teacher),
         task=SimpleNamespace(dev=SimpleNamespace(texts=[f"text {i}" for i in range(100)])),
     )
-    out = latency_beside_teacher(SimpleNamespace(predict_logits=student), prep, batch_size=1)
+    out = latency_beside_teacher(_student(student), prep, batch_size=1)
     assert out["latency_ms_b1"] > 0 and len(student_calls) == LATENCY_ROUNDS * (2 + 64 // LATENCY_ROUNDS)
     teacher_calls.clear(), student_calls.clear()
-    latency_beside_teacher(SimpleNamespace(predict_logits=student), prep, batch_size=64)
+    latency_beside_teacher(_student(student), prep, batch_size=64)
     assert student_calls == teacher_calls == [64] * (LATENCY_ROUNDS * 2)  # one warm-up and one timed call a round
 
 
@@ -59,8 +64,48 @@ def test_speedup_is_the_median_of_per_round_ratios_with_its_quartiles(monkeypatc
         teacher=SimpleNamespace(predict_logits=teacher),
         task=SimpleNamespace(dev=SimpleNamespace(texts=["a text"])),
     )
-    out = latency_beside_teacher(SimpleNamespace(predict_logits=student), prep)
+    out = latency_beside_teacher(_student(student), prep)
     assert out["latency_ratio_teacher"] == pytest.approx(10.0)
     assert out["latency_ratio_teacher_q25"] == pytest.approx(10.0)  # 8 of 10 rounds are undisturbed
     assert out["latency_ratio_teacher_q75"] == pytest.approx(10.0)
     assert out["teacher_latency_ms_b1"] == pytest.approx(10.0) and out["latency_ms_b1"] == pytest.approx(1.0)
+
+
+def _prep(texts: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(
+        cfg=SimpleNamespace(tracking=SimpleNamespace(latency_samples=20)),
+        teacher=SimpleNamespace(predict_logits=lambda t: np.zeros((len(t), 2), dtype=np.float32)),
+        task=SimpleNamespace(dev=SimpleNamespace(texts=texts)),
+    )
+
+
+def _logits(texts: list[str]) -> np.ndarray:
+    return np.array([[len(t), -len(t)] for t in texts], dtype=np.float32)
+
+
+def test_a_serving_form_with_the_students_logits_is_what_gets_timed() -> None:
+    calls: list[str] = []
+
+    def serving(texts: list[str]) -> np.ndarray:
+        calls.append("serving")
+        return _logits(texts)
+
+    texts = [f"text {'x' * i}" for i in range(30)]
+    out = latency_beside_teacher(_student(_logits, serving, form="folded"), _prep(texts))
+    assert out["latency_b1_serving_form"] == 1.0
+    assert len(calls) > LATENCY_ROUNDS  # timed, not only checked
+
+
+def test_a_serving_form_that_disagrees_is_not_timed(caplog) -> None:
+    """A wrong serving form (a bug) must not buy a speed-up: the module is timed and the mismatch reported."""
+    calls: list[str] = []
+
+    def wrong(texts: list[str]) -> np.ndarray:
+        calls.append("wrong")
+        return _logits(texts) + 1.0
+
+    texts = [f"text {'x' * i}" for i in range(30)]
+    out = latency_beside_teacher(_student(_logits, wrong, form="folded"), _prep(texts))
+    assert out["latency_b1_serving_form"] == 0.0
+    assert len(calls) <= 9  # the check's calls (a batch and 8 single texts), none timed
+    assert "differ from the student's" in caplog.text

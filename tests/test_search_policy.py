@@ -120,6 +120,7 @@ def test_an_impossible_speed_constraint_leaves_no_best_trial(tiny_overrides: lis
     study = optuna.load_study(study_name=result.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert all(not search_policy.feasible(t) for t in study.trials)
     assert study.user_attrs["setup"]["min_speedup"] == 1000000.0
+    assert study.user_attrs["setup"]["latency_form"] == "serving"  # not a study timed on the module
     # the parent run holds the trials' score/latency plot
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     files = {a.path for a in client.list_artifacts(result.parent_run_id)}
