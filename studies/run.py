@@ -136,6 +136,12 @@ def run_study(cfg: DictConfig) -> StudyResult:
     )
     if cfg.study.get("enqueue_defaults"):
         search_policy.enqueue_defaults(study, get_student_class(str(cfg.student.name)), fixed, extras)
+    warm = search_policy.enqueue_earlier_best(
+        study, storage, get_student_class(str(cfg.student.name)), prep.cache.key, fixed, extras,
+        int(cfg.study.get("warm_start") or 0),
+    )  # fmt: skip
+    if warm:
+        print(f"queued the best trials on dev of earlier studies: {', '.join(warm)}", flush=True)
     # one teacher run per experiment even when workers sharing the cache start together
     with FileLock(str(Path(str(cfg.cache_dir)) / "teachers" / "mlflow-teacher-run.lock")):
         teacher_run = log_teacher_run(prep, experiment)

@@ -7,6 +7,9 @@ A 2-core CPU cannot afford large random searches, so each trial has to count:
   configuration training to the end (``median`` prunes only against the median so far).
 - ``study.enqueue_defaults=true`` makes the first trial of a new study the student's defaults
   (the literature's recipe), so TPE starts from a known-good point rather than from chance.
+- ``study.warm_start=K`` also queues the K best trials (on dev) of the student's other studies
+  on the same transfer cache, once, when a study begins: a study with a new constraint or a new
+  way of timing starts from what earlier searches found best, re-measured under its own rules.
 - ``study.min_speedup=N`` makes "at least N× faster than the teacher at batch 1" a constraint
   (Optuna's constrained TPE): the best trial is the best *feasible* one, so the search finds the
   student that is both accurate and fast instead of the largest model in the space.
@@ -81,18 +84,66 @@ def enqueue_defaults(study: optuna.Study, student_cls: Any, fixed: dict[str, Any
     """
     if study.get_trials(deepcopy=False):
         return False
-    defaults = student_cls.searched_defaults(fixed)
+    params = _in_space(student_cls.searched_defaults(fixed), recorded_space(student_cls, extras, fixed))
+    if not params:
+        return False
+    study.enqueue_trial(params, user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
+    return True
+
+
+def _in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters whose ``values`` lie in the space (in range, or among the choices)."""
     params: dict[str, Any] = {}
-    for name, spec in recorded_space(student_cls, extras, fixed).items():
-        if name not in defaults:
+    for name, spec in space.items():
+        if name not in values:
             continue
-        value = defaults[name]
+        value = values[name]
         if spec.kind == "categorical":
             if value in spec.choices:
                 params[name] = value
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high:
             params[name] = value
-    if not params:
-        return False
-    study.enqueue_trial(params, user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
-    return True
+    return params
+
+
+def enqueue_earlier_best(
+    study: optuna.Study,
+    storage: Any,
+    student_cls: Any,
+    cache_key: str,
+    fixed: dict[str, Any],
+    extras: Sequence[str],
+    k: int,
+) -> list[str]:
+    """Queue the ``k`` best complete trials (on dev) of this student's other studies on ``cache_key``.
+
+    Done once per study (``warm_started`` records what was queued, so a resumed study does not
+    queue again). A trial's values come from its full hyper-parameters, so a value another study
+    fixed (e.g. ``hidden_size``) comes along where this study searches it; values this study fixes
+    or cannot represent are left to it. Returns ``"<study>#<trial>"`` for each queued trial.
+    """
+    if k <= 0 or study.user_attrs.get("warm_started") is not None:
+        return []
+    space = recorded_space(student_cls, extras, fixed)
+    candidates: list[tuple[float, str, FrozenTrial]] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = dict(summary.user_attrs)
+        same_student = (attrs.get("setup") or {}).get("student") == student_cls.name
+        if summary.study_name == study.study_name or attrs.get("cache_key") != cache_key or not same_student:
+            continue
+        other = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.value is not None:
+                candidates.append((float(trial.value), summary.study_name, trial))
+    queued: list[str] = []
+    for _, name, trial in sorted(candidates, key=lambda c: -c[0]):
+        if len(queued) >= k:
+            break
+        hparams = trial.user_attrs.get("hparams")
+        params = _in_space({**(hparams if isinstance(hparams, dict) else {}), **trial.params}, space)
+        if params:
+            origin = f"{name}#{trial.number}"
+            study.enqueue_trial(params, user_attrs={"enqueued": origin}, skip_if_exists=True)
+            queued.append(origin)
+    study.set_user_attr("warm_started", queued)
+    return queued

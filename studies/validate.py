@@ -90,6 +90,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "study.sampler": _one_of("tpe", "random"),
     "study.pruner": _one_of("median", "hyperband", "none"),
     "study.enqueue_defaults": _bool,
+    "study.warm_start": _int_at_least(0),
     "study.min_speedup": _positive_number(optional=True),
     "study.heartbeat_interval": _int_at_least(1),
     "tracking.log_models": _one_of("best", "none"),

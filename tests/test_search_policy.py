@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from students.registry import get_student_class
@@ -97,7 +97,9 @@ def test_the_best_trial_is_the_best_one_fast_enough() -> None:
     assert isinstance(sampler, optuna.samplers.TPESampler)
 
 
-@pytest.mark.parametrize("bad", ["study.pruner=sha", "study.min_speedup=-2", "study.enqueue_defaults=maybe"])
+@pytest.mark.parametrize(
+    "bad", ["study.pruner=sha", "study.min_speedup=-2", "study.enqueue_defaults=maybe", "study.warm_start=-1"]
+)
 def test_bad_policy_settings_are_refused_before_any_work(tiny_overrides: list[str], bad: str) -> None:
     from transfer.errors import KDError
 
@@ -167,3 +169,54 @@ def test_an_ablation_compares_only_the_studies_it_names() -> None:
     assert (ablated.study_name, ablated.value) == ("sara-minilm-cnn-ablated", 0.84)
     none = find_studied(storage, "sara", "c", ["cnn"], only=["sara-minilm-cnn-elsewhere"])
     assert none.best == [] and none.missing == {"cnn": "no study among compare.studies"}
+
+
+def _finished(study: optuna.Study, value: float, params: dict, hparams: dict) -> None:
+    spaces = {
+        "pooling": CategoricalDistribution(["max", "mean", "last"]),
+        "lr": FloatDistribution(3e-4, 5e-3, log=True),
+    }
+    study.add_trial(
+        create_trial(
+            params=params,
+            distributions={k: spaces[k] for k in params},
+            value=value,
+            user_attrs={"hparams": {**hparams, **params}},
+        )
+    )
+
+
+def test_a_new_study_can_start_from_the_best_trials_of_earlier_ones_on_its_cache() -> None:
+    """``study.warm_start=K``: the K best (on dev) of the student's other studies on the same cache, once."""
+    bilstm = get_student_class("bilstm")
+    storage = optuna.storages.InMemoryStorage()
+
+    def study(name: str, cache: str, student: str = "bilstm") -> optuna.Study:
+        s = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        s.set_user_attr("cache_key", cache)
+        s.set_user_attr("setup", {"student": student})
+        return s
+
+    wide = study("wide", "c1")
+    _finished(wide, 0.86, {"pooling": "last", "lr": 0.0027}, {"hidden_size": 128})
+    _finished(wide, 0.80, {"pooling": "max", "lr": 0.001}, {"hidden_size": 128})
+    narrow = study("narrow", "c1")  # hidden_size fixed at 64 there: it comes from the trial's hparams
+    _finished(narrow, 0.85, {"pooling": "mean", "lr": 0.002}, {"hidden_size": 64})
+    _finished(study("elsewhere", "c2"), 0.99, {"pooling": "max", "lr": 0.002}, {"hidden_size": 192})
+    _finished(study("a cnn", "c1", "cnn"), 0.98, {"lr": 0.002}, {})
+    new = study("constrained", "c1")
+    queued = search_policy.enqueue_earlier_best(new, storage, bilstm, "c1", fixed={}, extras=(), k=2)
+    assert queued == ["wide#0", "narrow#0"]  # best on dev first; other caches and students never
+    first, second = new.ask(), new.ask()
+    one, two = bilstm.search_space(first, ()), bilstm.search_space(second, ())  # the queued values, as sampled
+    assert (one["pooling"], one["hidden_size"], one["lr"]) == ("last", 128, 0.0027)
+    assert (two["pooling"], two["hidden_size"]) == ("mean", 64)
+    assert first.user_attrs["enqueued"] == "wide#0"
+    # once per study: a resumed study does not queue them again
+    assert search_policy.enqueue_earlier_best(new, storage, bilstm, "c1", fixed={}, extras=(), k=2) == []
+    # a value this study fixes is left to it
+    fixed = study("fixed", "c1")
+    search_policy.enqueue_earlier_best(fixed, storage, bilstm, "c1", fixed={"hidden_size": 64}, extras=(), k=1)
+    trial = fixed.ask()
+    assert fixed.trials[0].system_attrs["fixed_params"] == {"pooling": "last", "lr": 0.0027}
+    assert trial.user_attrs["enqueued"] == "wide#0"
