@@ -156,6 +156,13 @@ def find_ids(work: Path) -> dict[str, object]:
     }
 
 
+# The page and every box with its own scroll bar, scrolled to a fraction of their length: a grid
+# that renders only the rows in view shows each of its rows at one of the fractions.
+SCROLL_TO = (
+    "(f => { window.scrollTo(0, f * document.body.scrollHeight);"
+    " document.querySelectorAll('*').forEach(e => {"
+    " if (e.scrollHeight > e.clientHeight + 4) e.scrollTop = f * e.scrollHeight; }); })"
+)
 ML = "workflowType=machine_learning"  # MLflow 3's "Model training" switch (per browser; GenAI otherwise)
 
 
@@ -204,15 +211,27 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         chosen = [ids["teacher_run"], *ids["trial_runs"]]
         runs = ",".join(f'"{r}"' for r in chosen)
         browser.open(f'{url}/#/compare-runs?runs=[{runs}]&experiments=["{exp}"]&{ML}')
-        browser.wait_for_text(["teacher-tiny", *trials[:2], *COLUMNS, "latency_ms_b1"], 120)
+        browser.wait_for_text(["teacher-tiny", *trials[:2], "Metrics"], 120)
+        # The metrics table is a grid with its own scroll bar that renders only the rows in view:
+        # read it, scroll it to the end as a person would, and read it again.
+        browser.js(
+            "(() => { const els = Array.from(document.querySelectorAll('body *')).filter("
+            "e => (e.innerText || '').trim() === 'Metrics'); const el = els[els.length - 1];"
+            " if (el) el.scrollIntoView({block: 'start'}); return Boolean(el); })()"
+        )
+        needles, deadline = [*COLUMNS, "latency_ms_b1"], time.monotonic() + 60
+        while True:
+            seen = ""
+            for fraction in (0, 0.25, 0.5, 0.75, 1):
+                browser.js(f"{SCROLL_TO}({fraction})")
+                time.sleep(0.3)
+                seen += browser.text()
+            missing = [n for n in needles if n not in seen]
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"metrics not in the compare view's table, even scrolled: {missing}"
         if shots:
             close_assistant(browser)
-            # the metrics table, not the parallel-coordinates plot above it
-            browser.js(
-                "(() => { const els = Array.from(document.querySelectorAll('body *')).filter("
-                "e => (e.innerText || '').trim() === 'Metrics'); const el = els[els.length - 1];"
-                " if (el) el.scrollIntoView({block: 'start'}); return Boolean(el); })()"
-            )
             time.sleep(1)
             browser.screenshot(shots / "mlflow-compare.png")
 
