@@ -522,7 +522,7 @@ def cost_table(results: Sequence[TaskResult]) -> str:
     for r in results:
         for row in r.rows:
             dev = _cell(row.dev_pct, ".1f") if row.dev_pct is not None else "–"
-            mark = " †" if row.speedup_form == "serving" else ""
+            mark = served_mark(row)
             served = served or bool(mark)
             lines.append(
                 f"| {TASK_LABELS.get(r.task, r.task)} | {model_key(row.model)} | {dev} | {row.params_total:,.0f} | "
@@ -533,6 +533,11 @@ def cost_table(results: Sequence[TaskResult]) -> str:
     if served:
         lines += ["", SERVING_NOTE]
     return "\n".join(lines)
+
+
+def served_mark(row: Row) -> str:
+    """The † of a speed-up timed on the student's serving form (``SERVING_NOTE``)."""
+    return " †" if row.speedup_form == "serving" else ""
 
 
 SERVING_NOTE = (
@@ -578,8 +583,7 @@ def targets(results: Sequence[TaskResult]) -> list[str]:
             text = f"- SST-2 {model} ≥ {share} % of the teacher: {beside(row.pct.mean, share)} %"
             if extra == "speed":
                 ok = ok and row.speedup_b1 >= 10
-                form = " †" if row.speedup_form == "serving" else ""
-                text += f" at {beside(row.speedup_b1, 10)}×{form} (≥ 10× needed)"
+                text += f" at {beside(row.speedup_b1, 10)}×{served_mark(row)} (≥ 10× needed)"
             if extra == "params" and teacher:
                 ok = ok and row.params_non_embedding <= teacher.params_non_embedding / 4
                 text += (

@@ -28,15 +28,15 @@ def masked_pool(states: torch.Tensor, mask: torch.Tensor | None, how: str) -> to
 
     ``mask`` None: no position is padding (batch 1), so the plain reduction serves without masking.
     """
-    if mask is None and how in ("max", "mean"):
-        return states.max(1).values if how == "max" else states.mean(1)
-    if mask is None:
-        raise ValueError(f"unknown pooling {how!r} (expected one of {', '.join(POOLINGS)})")
-    m = mask.unsqueeze(-1).to(states.dtype)
     if how == "mean":
+        if mask is None:
+            return states.mean(1)
+        m = mask.unsqueeze(-1).to(states.dtype)
         return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
     if how == "max":
-        return states.masked_fill(m == 0, torch.finfo(states.dtype).min).max(1).values
+        if mask is not None:
+            states = states.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(states.dtype).min)
+        return states.max(1).values
     raise ValueError(f"unknown pooling {how!r} (expected one of {', '.join(POOLINGS)})")
 
 

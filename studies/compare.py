@@ -172,14 +172,17 @@ def remeasure(run: Any, prep: Any, batch: int) -> dict[str, float] | None:
     """Latencies of a reused run's saved model, measured now beside the teacher (same process, same minutes)."""
     import mlflow
 
-    from studies.measure import latency_beside_teacher
+    from studies.measure import latency_beside_teacher, serving_form
 
     if run.data.tags.get("has_model") != "true":
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="student", dst_path=tmp)
         student = Student.load(local).with_runtime(None, False)
-        return latency_beside_teacher(student, prep) | latency_beside_teacher(student, prep, batch)
+        serving = serving_form(student, prep.task.dev.texts)
+        return latency_beside_teacher(student, prep, serving=serving) | latency_beside_teacher(
+            student, prep, batch, serving
+        )
 
 
 def seed_result(

@@ -57,10 +57,11 @@ def shares(metrics: dict[str, float], teacher: dict[str, float], metric: str) ->
     return {"share_of_teacher": ratio(f"test_{metric}"), "dev_share_of_teacher": ratio(f"dev_{metric}")}
 
 
+Serving = tuple[str, Callable[[Sequence[str]], np.ndarray]]  # (form name, predict_logits)
 SERVING_CHECK_TEXTS = 64  # dev texts on which a serving form must give the student's own logits
 
 
-def serving_form(student: Student, texts: Sequence[str]) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+def serving_form(student: Student, texts: Sequence[str]) -> Serving:
     """The student's serving form (``Student.serving_predictor``) if its logits are the student's own.
 
     Checked one text at a time (the timed batch size) and as one batch, on the first dev texts:
@@ -80,17 +81,20 @@ def serving_form(student: Student, texts: Sequence[str]) -> tuple[str, Callable[
     return "module", student.predict_logits
 
 
-def latency_beside_teacher(student: Student, prep: Prepared, batch_size: int = 1) -> dict[str, float]:
+def latency_beside_teacher(
+    student: Student, prep: Prepared, batch_size: int = 1, serving: Serving | None = None
+) -> dict[str, float]:
     """Student and teacher latency at ``batch_size``, in alternating blocks of the same dev texts.
 
     ``tracking.latency_samples`` counts texts, not calls: a call on a batch of 64 already averages
     over its texts, so larger batches get fewer calls per block (at least one per round, one
     warm-up). Otherwise timing the teacher at batch 64 took minutes per model on this CPU.
+    ``serving``: the checked serving form (``serving_form``), when the caller times several batch sizes.
     """
     samples = max(LATENCY_ROUNDS, int(prep.cfg.tracking.latency_samples))
-    form, serving = serving_form(student, prep.task.dev.texts)
+    form, predict = serving or serving_form(student, prep.task.dev.texts)
     timed = side_by_side_rounds(
-        {"teacher": prep.teacher.predict_logits, "student": serving},
+        {"teacher": prep.teacher.predict_logits, "student": predict},
         prep.task.dev.texts,
         rounds=LATENCY_ROUNDS,
         block=max(1, samples // (LATENCY_ROUNDS * batch_size)),
@@ -120,9 +124,10 @@ def measure(student: Student, prep: Prepared, batch_latency: int | None = None) 
         latency_samples=None,
         teacher_test_logits=prep.cache.test_logits,
     )
-    metrics |= latency_beside_teacher(student, prep)
+    serving = serving_form(student, prep.task.dev.texts)  # built and checked once for both batch sizes
+    metrics |= latency_beside_teacher(student, prep, serving=serving)
     if batch_latency and batch_latency > 1:
-        metrics |= latency_beside_teacher(student, prep, batch_latency)
+        metrics |= latency_beside_teacher(student, prep, batch_latency, serving)
     metrics |= shares(metrics, prep.teacher_metrics, prep.task.metric)
     return metrics
 
