@@ -50,9 +50,10 @@ def main(argv: list[str]) -> Path:
     task, metric = prep.task, prep.task.metric
     teacher_test = prep.teacher_metrics[f"test_{metric}"]
     teacher_dev = prep.teacher_metrics[f"dev_{metric}"]
-    student_test = task.score(task.test.labels, student.predict(task.test.texts))[metric]
+    test_predictions = student.predict(task.test.texts)  # once: scored and compared with the teacher's
+    student_test = task.score(task.test.labels, test_predictions)[metric]
     student_dev = task.score(task.dev.labels, student.predict(task.dev.texts))[metric]
-    agreement = float((student.predict(task.test.texts) == prep.cache.test_logits.argmax(1)).mean())
+    agreement = float((test_predictions == prep.cache.test_logits.argmax(1)).mean())
     form, serving = serving_form(student, task.dev.texts)  # the form the results table times, checked
     latency = side_by_side_latency({"teacher": prep.teacher.predict_logits, "bilstm": serving}, task.dev.texts)
     total, non_embedding = student.n_params()

@@ -213,7 +213,7 @@ def check_mlflow(checks: Checks, browser: Browser, url: str, ids: dict, shots: P
         browser.open(f'{url}/#/compare-runs?runs=[{runs}]&experiments=["{exp}"]&{ML}')
         browser.wait_for_text(["teacher-tiny", *trials[:2], "Metrics"], 120)
         # The metrics table is a grid with its own scroll bar that renders only the rows in view:
-        # read it, scroll it to the end as a person would, and read it again.
+        # read it at several scroll positions, top to end, as a person scrolling would.
         browser.js(
             "(() => { const els = Array.from(document.querySelectorAll('body *')).filter("
             "e => (e.innerText || '').trim() === 'Metrics'); const el = els[els.length - 1];"
