@@ -8,8 +8,9 @@ A 2-core CPU cannot afford large random searches, so each trial has to count:
 - ``study.enqueue_defaults=true`` makes the first trial of a new study the student's defaults
   (the literature's recipe), so TPE starts from a known-good point rather than from chance.
 - ``study.warm_start=K`` also queues the K best trials (on dev) of the student's other studies
-  on the same transfer cache, once, when a study begins: a study with a new constraint or a new
-  way of timing starts from what earlier searches found best, re-measured under its own rules.
+  against the same teacher, once, when a study begins: a study with a new constraint, a new way
+  of timing or a larger transfer set starts from what earlier searches found best, re-measured
+  under its own rules. (One teacher key means one task and one dev split, so their dev scores rank.)
 - ``study.min_speedup=N`` makes "at least N× faster than the teacher at batch 1" a constraint
   (Optuna's constrained TPE): the best trial is the best *feasible* one, so the search finds the
   student that is both accurate and fast instead of the largest model in the space.
@@ -114,8 +115,10 @@ def enqueue_earlier_best(
     fixed: dict[str, Any],
     extras: Sequence[str],
     k: int,
+    teacher_key: str = "",
 ) -> list[str]:
-    """Queue the ``k`` best complete trials (on dev) of this student's other studies on ``cache_key``.
+    """Queue the ``k`` best complete trials (on dev) of this student's other studies on ``cache_key``,
+    or against ``teacher_key`` on any transfer set (a 4× search seeds the 8× one).
 
     Done once per study (``warm_started`` records what was queued, so a resumed study does not
     queue again). A trial's values come from its full hyper-parameters, so a value another study
@@ -129,7 +132,10 @@ def enqueue_earlier_best(
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = dict(summary.user_attrs)
         same_student = (attrs.get("setup") or {}).get("student") == student_cls.name
-        if summary.study_name == study.study_name or attrs.get("cache_key") != cache_key or not same_student:
+        same_teacher = bool(teacher_key) and attrs.get("teacher_key") == teacher_key
+        if summary.study_name == study.study_name or not same_student:
+            continue
+        if attrs.get("cache_key") != cache_key and not same_teacher:
             continue
         other = optuna.load_study(study_name=summary.study_name, storage=storage)
         for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -220,3 +220,25 @@ def test_a_new_study_can_start_from_the_best_trials_of_earlier_ones_on_its_cache
     trial = fixed.ask()
     assert fixed.trials[0].system_attrs["fixed_params"] == {"pooling": "last", "lr": 0.0027}
     assert trial.user_attrs["enqueued"] == "wide#0"
+
+
+def test_a_study_on_a_larger_transfer_set_starts_from_the_best_of_the_same_teacher() -> None:
+    """Another cache of the same teacher (one task, one dev split) counts; another teacher's never does."""
+    bilstm = get_student_class("bilstm")
+    storage = optuna.storages.InMemoryStorage()
+
+    def study(name: str, cache: str, teacher: str) -> optuna.Study:
+        s = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        s.set_user_attr("cache_key", cache)
+        s.set_user_attr("teacher_key", teacher)
+        s.set_user_attr("setup", {"student": "bilstm"})
+        return s
+
+    _finished(study("4x", "c4", "t1"), 0.87, {"pooling": "last", "lr": 0.0027}, {"hidden_size": 128})
+    _finished(study("other teacher", "c9", "t2"), 0.95, {"pooling": "max", "lr": 0.002}, {"hidden_size": 192})
+    new = study("8x", "c8", "t1")
+    assert search_policy.enqueue_earlier_best(new, storage, bilstm, "c8", {}, (), k=2, teacher_key="t1") == ["4x#0"]
+    assert bilstm.search_space(new.ask(), ())["pooling"] == "last"
+    # without a teacher key only the same cache counts, as before
+    alone = study("8x, no key", "c8", "t1")
+    assert search_policy.enqueue_earlier_best(alone, storage, bilstm, "c8", {}, (), k=2) == []
