@@ -26,13 +26,25 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from students.search_space import recorded_space
+from transfer.fingerprint import hash_json
 
 CONSTRAINT_ATTR = "constraints"  # Optuna's constrained samplers read "≤ 0 is feasible" values from here
 
 
-def make_sampler(cfg: Any) -> optuna.samplers.BaseSampler:
-    """TPE (constrained when ``study.min_speedup`` is set) or random, seeded by the students' seed."""
-    seed = int(cfg.seed)
+def sampler_seed(seed: int, study_name: str = "", trials_so_far: int = 0) -> int:
+    """The sampler's seed: the students' seed, this study and how many trials it already holds.
+
+    Seeded by ``seed`` alone, every study of a student would draw the same random start-up
+    configurations, and a resumed study would draw its first sitting's again (a warm-started
+    study then re-ran the very trial it was given, and a resumed one repeated a trial). Mixing
+    in the study's name and size keeps each draw reproducible and new.
+    """
+    return int(hash_json({"seed": int(seed), "study": study_name, "trials": int(trials_so_far)}, length=8), 16)
+
+
+def make_sampler(cfg: Any, study_name: str = "", trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (constrained when ``study.min_speedup`` is set) or random, seeded by ``sampler_seed``."""
+    seed = sampler_seed(int(cfg.seed), study_name, trials_so_far)
     if cfg.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     constraints = constraint_values if min_speedup(cfg) else None

@@ -242,3 +242,26 @@ def test_a_study_on_a_larger_transfer_set_starts_from_the_best_of_the_same_teach
     # without a teacher key only the same cache counts, as before
     alone = study("8x, no key", "c8", "t1")
     assert search_policy.enqueue_earlier_best(alone, storage, bilstm, "c8", {}, (), k=2) == []
+
+
+def test_each_study_and_each_sitting_draws_its_own_start_up_configurations() -> None:
+    """One seed for every study made a warm-started study re-run its queued trial, and a resumed one repeat itself."""
+    from studies.search import open_study, study_setup
+
+    cfg = OmegaConf.create({"seed": 0, "task": {"name": "t"}, "study": {"sampler": "tpe", "pruner": "median"}})
+    storage = optuna.storages.InMemoryStorage()
+    setup = study_setup("bilstm", {}, [])
+
+    def first_draws(name: str, n: int = 2) -> list[float]:
+        study = open_study(name, storage, cfg, "key", setup, "dev_accuracy")
+        draws = []
+        for _ in range(n):
+            trial = study.ask()
+            draws.append(trial.suggest_float("x", 0.0, 1.0))
+            study.tell(trial, 0.5)
+        return draws
+
+    four_x = first_draws("4x")
+    assert four_x[0] not in first_draws("8x")  # another study: other points
+    assert not set(first_draws("4x")) & set(four_x)  # resumed: new points, not the first sitting's again
+    assert search_policy.sampler_seed(0, "4x", 2) == search_policy.sampler_seed(0, "4x", 2)  # reproducible
