@@ -138,7 +138,7 @@ def run_study(cfg: DictConfig) -> StudyResult:
         search_policy.enqueue_defaults(study, get_student_class(str(cfg.student.name)), fixed, extras)
     warm = search_policy.enqueue_earlier_best(
         study, storage, get_student_class(str(cfg.student.name)), prep.cache.key, fixed, extras,
-        int(cfg.study.get("warm_start") or 0), str(prep.teacher.record.get("key", "")),
+        int(cfg.study.get("warm_start") or 0),
     )  # fmt: skip
     if warm:
         print(f"queued the best trials on dev of earlier studies: {', '.join(warm)}", flush=True)

@@ -79,11 +79,10 @@ def open_study(
         study_name=name,
         storage=storage,
         direction="maximize",
-        sampler=make_sampler(cfg),
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    # re-seeded now that the study's size is known: a resumed sitting draws new points, not its first's
+    # seeded once the study's size is known: a resumed sitting draws new points, not its first's
     study.sampler = make_sampler(cfg, name, len(study.get_trials(deepcopy=False)))
     recorded = _record_once(study, "cache_key", cache_key)
     if recorded != cache_key:

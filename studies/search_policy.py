@@ -127,10 +127,10 @@ def enqueue_earlier_best(
     fixed: dict[str, Any],
     extras: Sequence[str],
     k: int,
-    teacher_key: str = "",
 ) -> list[str]:
     """Queue the ``k`` best complete trials (on dev) of this student's other studies on ``cache_key``,
-    or against ``teacher_key`` on any transfer set (a 4× search seeds the 8× one).
+    or against the same teacher (the ``teacher_key`` ``open_study`` records) on any transfer set:
+    a 4× search seeds the 8× one.
 
     Done once per study (``warm_started`` records what was queued, so a resumed study does not
     queue again). A trial's values come from its full hyper-parameters, so a value another study
@@ -140,6 +140,7 @@ def enqueue_earlier_best(
     if k <= 0 or study.user_attrs.get("warm_started") is not None:
         return []
     space = recorded_space(student_cls, extras, fixed)
+    teacher_key = study.user_attrs.get("teacher_key") or ""
     candidates: list[tuple[float, str, FrozenTrial]] = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = dict(summary.user_attrs)
