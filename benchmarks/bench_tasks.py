@@ -265,7 +265,7 @@ def describe_budget(
         f"item sets that one's value); pruner {args.pruner}, the student's defaults tried first; {args.seeds} "
         "fresh seeds per best configuration"
         + (f"; this task's overrides `{' '.join(overrides)}`" if overrides else "")
-        + (f"; fixed per student: {own}" if own else "")
+        + (f"; per-student overrides: {own}" if own else "")
         + (f"; the BiLSTM's study constrained to ≥ {args.min_speedup:g}× the teacher's speed" if speed else "")
         + ("; rows from this run's studies only (`--only-searched`)" if args.only_searched else "")
     )

@@ -82,8 +82,8 @@ def open_study(
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    # seeded once the study's size is known: a resumed sitting draws new points, not its first's
-    study.sampler = make_sampler(cfg, name, len(study.get_trials(deepcopy=False)))
+    # seeded per trial number: sittings and workers of one study each draw their own points
+    study.sampler = make_sampler(cfg, name)
     recorded = _record_once(study, "cache_key", cache_key)
     if recorded != cache_key:
         raise KDError(

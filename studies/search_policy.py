@@ -19,7 +19,7 @@ A 2-core CPU cannot afford large random searches, so each trial has to count:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -31,24 +31,68 @@ from transfer.fingerprint import hash_json
 CONSTRAINT_ATTR = "constraints"  # Optuna's constrained samplers read "≤ 0 is feasible" values from here
 
 
-def sampler_seed(seed: int, study_name: str = "", trials_so_far: int = 0) -> int:
-    """The sampler's seed: the students' seed, this study and how many trials it already holds.
+def sampler_seed(seed: int, study_name: str = "", trial_number: int = 0) -> int:
+    """The sampler's seed for one trial: the students' seed, the study and the trial's number.
 
     Seeded by ``seed`` alone, every study of a student would draw the same random start-up
-    configurations, and a resumed study would draw its first sitting's again (a warm-started
-    study then re-ran the very trial it was given, and a resumed one repeated a trial). Mixing
-    in the study's name and size keeps each draw reproducible and new.
+    configurations, a resumed study would draw its first sitting's again (a warm-started study
+    re-ran the very trial it was given), and workers opening one study together would all run
+    the same configuration. Trial numbers are handed out by the storage, once each, so mixing in
+    the study's name and the trial's number keeps every draw reproducible and new.
     """
-    return int(hash_json({"seed": int(seed), "study": study_name, "trials": int(trials_so_far)}, length=8), 16)
+    return int(hash_json({"seed": int(seed), "study": study_name, "trial": int(trial_number)}, length=8), 16)
 
 
-def make_sampler(cfg: Any, study_name: str = "", trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE (constrained when ``study.min_speedup`` is set) or random, seeded by ``sampler_seed``."""
-    seed = sampler_seed(int(cfg.seed), study_name, trials_so_far)
+class PerTrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler rebuilt before each trial with ``sampler_seed(seed, study, trial number)``.
+
+    Optuna seeds a sampler once per process, so two processes on one study (or two sittings of
+    it) replay one random stream. Rebuilding from the trial's number is cheap: TPE and random
+    keep no state between trials beyond their random stream; the history is read from the study.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int, study_name: str) -> None:
+        self._build, self._seed, self._study_name = build, seed, study_name
+        self._inner = build(sampler_seed(seed, study_name))
+
+    @property
+    def inner(self) -> optuna.samplers.BaseSampler:
+        return self._inner
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._build(sampler_seed(self._seed, self._study_name, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(cfg: Any, study_name: str = "") -> PerTrialSeeded:
+    """TPE (constrained when ``study.min_speedup`` is set) or random, seeded per trial (``PerTrialSeeded``)."""
     if cfg.study.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return PerTrialSeeded(lambda seed: optuna.samplers.RandomSampler(seed=seed), int(cfg.seed), study_name)
     constraints = constraint_values if min_speedup(cfg) else None
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, constraints_func=constraints)
+
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, constraints_func=constraints)
+
+    return PerTrialSeeded(tpe, int(cfg.seed), study_name)
 
 
 def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:

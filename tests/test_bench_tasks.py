@@ -81,7 +81,7 @@ def test_student_scoped_overrides_reach_that_students_study_only() -> None:
     with pytest.raises(SystemExit, match=r"unknown scope 'sst2\.bort'"):
         bench_tasks.student_overrides(["sst2.bort:seed=1"], "sst2", "bert")
     args, _ = bench_tasks.parse([])
-    assert "fixed per student: bert: `student.hparams.num_layers=1`" in bench_tasks.describe_budget(
+    assert "per-student overrides: bert: `student.hparams.num_layers=1`" in bench_tasks.describe_budget(
         args, ["task=sst2"], {"bert": ["student.hparams.num_layers=1"], "cnn": []}
     )
     constrained, _ = bench_tasks.parse(["--min-speedup", "10"])

@@ -93,8 +93,9 @@ def test_the_best_trial_is_the_best_one_fast_enough() -> None:
     assert search_policy.best_feasible([slow_but_best]) is None
     assert search_policy.best_feasible([_trial(0.8, None), _trial(0.7, None)]).value == 0.8  # unconstrained study
     assert search_policy.constraint_values(_trial(0.5, None)) == (math.inf,)  # nothing recorded: infeasible
-    sampler = search_policy.make_sampler(_cfg(min_speedup=10))
+    sampler = search_policy.make_sampler(_cfg(min_speedup=10)).inner
     assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constraints_func is search_policy.constraint_values  # the speed floor reaches the sampler
 
 
 @pytest.mark.parametrize(
@@ -244,8 +245,9 @@ def test_a_study_on_a_larger_transfer_set_starts_from_the_best_of_the_same_teach
     assert search_policy.enqueue_earlier_best(alone, storage, bilstm, "c8", {}, (), k=2) == []
 
 
-def test_each_study_and_each_sitting_draws_its_own_start_up_configurations() -> None:
-    """One seed for every study made a warm-started study re-run its queued trial, and a resumed one repeat itself."""
+def test_each_study_sitting_and_worker_draws_its_own_start_up_configurations() -> None:
+    """One seed for every study made a warm-started study re-run its queued trial, and a resumed one repeat itself;
+    one seed per opening made workers that open a study together run the same configurations."""
     from studies.search import open_study, study_setup
 
     cfg = OmegaConf.create({"seed": 0, "task": {"name": "t"}, "study": {"sampler": "tpe", "pruner": "median"}})
@@ -265,3 +267,10 @@ def test_each_study_and_each_sitting_draws_its_own_start_up_configurations() -> 
     assert four_x[0] not in first_draws("8x")  # another study: other points
     assert not set(first_draws("4x")) & set(four_x)  # resumed: new points, not the first sitting's again
     assert first_draws("4x", where=optuna.storages.InMemoryStorage()) == four_x  # reproducible: same study, same draws
+
+    # two workers open one study before either asks, then take turns: each trial its own point
+    shared = optuna.storages.InMemoryStorage()
+    workers = [open_study("w", shared, cfg, "key", setup, "dev_accuracy") for _ in range(2)]
+    trials = [worker.ask() for worker in workers]
+    points = [trial.suggest_float("x", 0.0, 1.0) for trial in trials]
+    assert points[0] != points[1]
