@@ -122,17 +122,23 @@ def best_value(study: optuna.Study) -> float | None:
     return best.value if best else None
 
 
-def pruning_reporter(trial: optuna.Trial, metric: str, prunable: bool) -> Callable[[int, float], None]:
+def pruning_reporter(
+    trial: optuna.Trial, metric: str, prunable: bool, echo: bool = False
+) -> Callable[[int, float], None]:
     """Per-epoch dev scores: an ``epoch_<metric>`` curve in MLflow, and Optuna's pruning decision.
 
     The curve has its own name, so the run's ``<metric>`` column is the final model's score and
     never the last epoch's. A student whose only report comes after all its work is done
     (``reports_while_training`` False) is never pruned: that would throw its result away.
+    ``echo`` prints one line per report, for runs without progress bars (``progress=false``, a
+    log file), whose trials would otherwise be silent for minutes.
     """
 
     def report(step: int, score: float) -> None:
         mlflow.log_metric(f"epoch_{metric}", score, step=step)
         trial.report(score, step)
+        if echo:
+            print(f"  trial {trial.number} step {step}: {metric}={score:.4f}", flush=True)
         if prunable and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} with {metric}={score:.4f}")
 
@@ -189,7 +195,8 @@ def make_objective(
         trial.set_user_attr("hparams", hparams)  # the full config (fixed ones too), for studies.compare
         with trial_run(trial, student_name, parent_tags):
             mlflow.log_params(flat_params(hparams))
-            report = pruning_reporter(trial, metric, student_cls.reports_while_training)
+            echo = not prep.cfg.get("progress", True)
+            report = pruning_reporter(trial, metric, student_cls.reports_while_training, echo)
             try:
                 measured = fit_and_measure(prep, student_name, hparams, report)
             except NonFiniteLoss as err:

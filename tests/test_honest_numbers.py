@@ -269,6 +269,22 @@ def test_one_shot_students_are_never_pruned_after_their_work(tmp_path: Path, mon
             pruning_reporter(trial, "dev_accuracy", prunable=True)(1, 0.5)
 
 
+def test_without_progress_bars_each_report_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Benchmarks run with progress=false into a log: a 9-minute trial used to print nothing until it ended."""
+    from studies.search import pruning_reporter
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    mlflow.set_experiment("echo")
+    with mlflow.start_run():
+        trial = _AlwaysPrune()
+        trial.number = 3
+        pruning_reporter(trial, "dev_accuracy", prunable=False)(1, 0.5)
+        assert capsys.readouterr().out == ""  # progress bars on: no extra lines
+        pruning_reporter(trial, "dev_accuracy", prunable=False, echo=True)(2, 0.75)
+        assert capsys.readouterr().out == "  trial 3 step 2: dev_accuracy=0.7500\n"
+
+
 def test_pruned_trial_run_is_finished_and_says_pruned(tmp_path: Path, monkeypatch) -> None:
     """Pruned trials used to be listed as FAILED in MLflow."""
     from studies.search import trial_run
