@@ -79,11 +79,10 @@ def open_study(
         study_name=name,
         storage=storage,
         direction="maximize",
+        sampler=make_sampler(cfg, name),  # seeded per trial number: sittings and workers draw their own points
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    # seeded per trial number: sittings and workers of one study each draw their own points
-    study.sampler = make_sampler(cfg, name)
     recorded = _record_once(study, "cache_key", cache_key)
     if recorded != cache_key:
         raise KDError(
@@ -181,6 +180,7 @@ def make_objective(
     metric = prep.metric
     extras = tuple(prep.cfg.study.get("search_objectives") or ())
     required_speedup = min_speedup(prep.cfg)
+    echo = not prep.cfg.get("progress", True)  # no progress bars (a log file): one line per dev report
 
     def objective(trial: optuna.Trial) -> float:
         check_under_target(trial, target)
@@ -195,7 +195,6 @@ def make_objective(
         trial.set_user_attr("hparams", hparams)  # the full config (fixed ones too), for studies.compare
         with trial_run(trial, student_name, parent_tags):
             mlflow.log_params(flat_params(hparams))
-            echo = not prep.cfg.get("progress", True)
             report = pruning_reporter(trial, metric, student_cls.reports_while_training, echo)
             try:
                 measured = fit_and_measure(prep, student_name, hparams, report)
